@@ -1,0 +1,220 @@
+//! The durable delivery queue and the workers that drain it.
+//!
+//! ```text
+//!  API ── store ──▶ wake() ──▶ Dispatcher ── claim batch ──▶ Sender tasks ──▶ push service
+//!                                   ▲                             │
+//!                                   └── wake() ◀── Recorder ◀─────┘ outcomes, written in batches
+//! ```
+//!
+//! - Event-driven: storing work calls [`Queue::wake`]; the dispatcher claims at
+//!   once. With nothing due it sleeps until the earliest due time or lease
+//!   expiry that the database reports, or until woken: never a polling period.
+//! - At-least-once: a claim is a lease in the database. If this process dies,
+//!   the lease runs out and any worker claims the delivery again.
+//! - A global limit (a semaphore of `concurrency` permits) bounds requests in
+//!   flight; per-app `max_concurrency` is enforced by the claim itself.
+//! - Outcomes are written in batches by one recorder, so a busy queue costs a
+//!   transaction per batch, not per delivery.
+
+pub mod retry;
+pub mod sender;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::now_millis;
+use crate::store::{Claimed, Recorded, Store};
+use sender::{Decision, Sender};
+
+/// Most outcomes written in one transaction.
+const RECORD_BATCH: usize = 1024;
+
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    sender: Arc<Sender>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    claim_batch: u32,
+    lease: Duration,
+    retention: Duration,
+}
+
+impl Queue {
+    pub fn new(store: Store, sender: Arc<Sender>, concurrency: usize, claim_batch: u32, lease: Duration, retention: Duration) -> Self {
+        Queue {
+            inner: Arc::new(Inner {
+                store,
+                sender,
+                wake: Notify::new(),
+                permits: Arc::new(Semaphore::new(concurrency)),
+                concurrency,
+                claim_batch,
+                lease,
+                retention,
+            }),
+        }
+    }
+
+    /// Work may be due: claim now. Cheap; a wake with no waiter is kept, so a
+    /// wake that races with the dispatcher going to sleep is not lost.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn sender(&self) -> &Sender {
+        &self.inner.sender
+    }
+
+    /// Requests in flight in this instance.
+    pub fn in_flight(&self) -> usize {
+        self.inner.concurrency - self.inner.permits.available_permits()
+    }
+
+    /// Runs the dispatcher, recorder and maintenance until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(self.clone().record(rx));
+        let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        self.dispatch(tx, stop).await;
+        // In-flight sends finish and their outcomes are recorded; what is not
+        // recorded is re-claimed after its lease by whoever runs next.
+        let _ = recorder.await;
+        maintenance.abort();
+    }
+
+    async fn dispatch(&self, tx: mpsc::UnboundedSender<(Recorded, Option<String>, String, OwnedSemaphorePermit)>, stop: CancellationToken) {
+        let q = &self.inner;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let room = q.permits.available_permits();
+            if room == 0 {
+                // Every permit is out: the next finished send frees one.
+                tokio::select! {
+                    p = q.permits.clone().acquire_owned() => drop(p),
+                    _ = stop.cancelled() => return,
+                }
+                continue;
+            }
+            let now = now_millis();
+            let limit = (room as u32).min(q.claim_batch);
+            let claimed = match q.store.deliveries_claim(now, now + q.lease.as_millis() as i64, limit).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming deliveries failed; retrying shortly");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                self.sleep_until_due(&stop).await;
+                continue;
+            }
+            for c in claimed {
+                let permit = q.permits.clone().try_acquire_owned().expect("claims never exceed free permits");
+                let sender = q.sender.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Decision { disposition, config_error } = sender.deliver(&c).await;
+                    let Claimed { id, claims, subscription_id, app_id, .. } = c;
+                    let _ = tx.send((Recorded { id, claims, subscription_id, disposition }, config_error, app_id, permit));
+                });
+            }
+        }
+    }
+
+    async fn sleep_until_due(&self, stop: &CancellationToken) {
+        let q = &self.inner;
+        let next = match q.store.queue_next_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next due time failed");
+                Some(now_millis() + 1000)
+            }
+        };
+        let sleep = match next {
+            Some(at) => Duration::from_millis((at - now_millis()).max(0) as u64),
+            None => Duration::from_secs(24 * 3600),
+        };
+        if sleep.is_zero() {
+            // Due work exists but could not be claimed (apps at their limit):
+            // a finishing send or a wake will free room.
+            tokio::select! {
+                _ = q.wake.notified() => {},
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+                _ = stop.cancelled() => {},
+            }
+            return;
+        }
+        tokio::select! {
+            _ = q.wake.notified() => {},
+            _ = tokio::time::sleep(sleep) => {},
+            _ = stop.cancelled() => {},
+        }
+    }
+
+    async fn record(self, mut rx: mpsc::UnboundedReceiver<(Recorded, Option<String>, String, OwnedSemaphorePermit)>) {
+        let q = &self.inner;
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        let mut permits = Vec::with_capacity(RECORD_BATCH);
+        while let Some(first) = rx.recv().await {
+            let mut items = vec![first];
+            while items.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            for (recorded, config_error, app_id, permit) in items {
+                if let Some(error) = config_error {
+                    if let Err(e) = q.store.app_set_config_error(&app_id, Some(&error), now_millis()).await {
+                        tracing::warn!(app = %app_id, error = %e, "recording the app's configuration error failed");
+                    }
+                    tracing::warn!(app = %app_id, %error, "push service rejected the app's VAPID configuration");
+                }
+                batch.push(recorded);
+                permits.push(permit);
+            }
+            // A failed write is retried: the outcome stays in memory rather
+            // than being dropped, and the lease keeps others away meanwhile.
+            let mut delay = Duration::from_millis(50);
+            while let Err(e) = q.store.deliveries_record(&batch, now_millis()).await {
+                tracing::warn!(error = %e, count = batch.len(), "recording outcomes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            batch.clear();
+            permits.clear();
+            q.wake.notify_one();
+        }
+    }
+
+    /// Deletes finished history past the retention period, hourly.
+    async fn maintain(self, stop: CancellationToken) {
+        loop {
+            let before = now_millis() - self.inner.retention.as_millis() as i64;
+            match self.inner.store.purge_finished(before).await {
+                Ok(n) if n > 0 => tracing::info!(deliveries = n, "purged finished deliveries past retention"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging finished deliveries failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {},
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

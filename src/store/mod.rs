@@ -1,0 +1,263 @@
+//! Storage: one interface, one implementation per database.
+//!
+//! [`Store`] is what the rest of Herald talks to. Each backend answers the
+//! same methods with the same meaning, and one conformance suite
+//! (`tests/store_conformance.rs`) runs against every backend.
+//!
+//! Invariants every backend keeps:
+//! - a notification, its deliveries and its idempotency key are written in one
+//!   transaction: accepted work is durable before the API answers 202;
+//! - a claim is a lease: claimed rows are `in_flight` until `lease_until`, after
+//!   which any worker may claim them again;
+//! - outcome writes are fenced by `(id, claims)`: a stale worker changes nothing;
+//! - per-app `max_concurrency` bounds the unexpired leases of an app.
+
+pub mod sqlite;
+
+use crate::domain::{DeliveryStatus, Millis, NewNotification};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct AppRow {
+    pub id: String,
+    pub name: String,
+    pub contact: String,
+    pub api_key_hash: Vec<u8>,
+    pub vapid_public_key: String,
+    pub vapid_private_sealed: Vec<u8>,
+    pub vapid_generation: i64,
+    pub max_concurrency: i64,
+    pub last_config_error: Option<String>,
+    pub last_config_error_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSubscription {
+    pub app_id: String,
+    pub user_id: String,
+    pub endpoint: String,
+    pub endpoint_host: String,
+    pub vendor: String,
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+    pub content_encoding: String,
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub app_id: String,
+    pub user_id: String,
+    pub endpoint: String,
+    pub endpoint_host: String,
+    pub vendor: String,
+    pub auth: Vec<u8>,
+    pub content_encoding: String,
+    pub topics: Vec<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Result of storing a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Created { id: String, deliveries: u64 },
+    /// The idempotency key was seen within 24 h: the first answer, nothing new queued.
+    Replayed { id: String, deliveries: u64 },
+}
+
+/// One delivery handed to a worker, with everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub claims: i64,
+    pub attempts: i64,
+    pub app_id: String,
+    /// The app's key generation and contact, so a cached signer can be checked.
+    pub vapid_generation: i64,
+    pub contact: String,
+    pub notification_id: String,
+    pub subscription_id: String,
+    pub vendor: String,
+    /// `None` when the subscription disappeared while the delivery waited.
+    pub target: Option<Target>,
+    pub payload: Vec<u8>,
+    pub ttl_secs: i64,
+    pub urgency: String,
+    pub topic_key: Option<String>,
+    pub without_topic: bool,
+    pub expires_at: Millis,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub endpoint: String,
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+    pub content_encoding: String,
+}
+
+/// What a worker decided about one claimed delivery.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub id: i64,
+    pub claims: i64,
+    pub subscription_id: String,
+    pub disposition: Disposition,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    Delivered { at: Millis },
+    /// Back to pending. `used_attempt` is false for rate limits.
+    Retry { at: Millis, error: String, used_attempt: bool, without_topic: bool },
+    /// The subscription is dead: delete it and mark its other pending deliveries gone.
+    Gone { error: String },
+    Failed { error: String },
+    /// The TTL ran out; `error` is the last attempt's reason, if there was one.
+    Expired { error: Option<String> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueFilter {
+    pub app: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    pub id: i64,
+    pub app_id: String,
+    pub notification_id: String,
+    pub subscription_id: String,
+    pub user_id: String,
+    pub title: String,
+    pub endpoint_host: String,
+    pub vendor: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub status: String,
+    pub created_at: Millis,
+    pub next_attempt_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationRow {
+    pub id: String,
+    pub app_id: String,
+    pub title: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VendorStats {
+    pub vendor: String,
+    pub delivered: i64,
+    pub failed: i64,
+    pub gone: i64,
+    pub expired: i64,
+    pub avg_queue_wait_ms: Option<f64>,
+    pub avg_delivery_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueCounts {
+    pub pending: i64,
+    pub in_flight: i64,
+}
+
+/// The database behind Herald. Cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Forwards a method to the backend in use.
+macro_rules! delegate {
+    ($( $(#[$meta:meta])* fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+        impl Store {
+            $(
+                $(#[$meta])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Store::Sqlite(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database named by the URL and brings its schema up to date.
+    pub async fn connect(url: &str, max_connections: u32, statement_timeout_ms: u64) -> Result<Store> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::connect(url, max_connections, statement_timeout_ms).await?))
+        } else {
+            Err(StoreError::Corrupt(format!("unsupported database URL {url}")))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+delegate! {
+    fn ping(&self) -> Result<()>;
+    fn app_insert(&self, app: &AppRow) -> Result<()>;
+    fn app_get(&self, id: &str) -> Result<Option<AppRow>>;
+    fn app_list(&self) -> Result<Vec<AppRow>>;
+    fn app_id_by_key_hash(&self, hash: &[u8]) -> Result<Option<String>>;
+    fn app_update(&self, id: &str, contact: Option<&str>, max_concurrency: Option<i64>) -> Result<Option<AppRow>>;
+    fn app_set_config_error(&self, id: &str, error: Option<&str>, at: Millis) -> Result<()>;
+    /// New VAPID key; deletes the app's subscriptions and queued deliveries.
+    /// Returns `(subscriptions_removed, deliveries_removed)`, `None` for an unknown app.
+    fn app_regenerate(&self, id: &str, public_key: &str, sealed_private: &[u8]) -> Result<Option<(u64, u64)>>;
+    /// Inserts, or updates the row with the same endpoint. Returns `(id, created)`.
+    fn subscription_upsert(&self, sub: &NewSubscription, now: Millis) -> Result<(String, bool)>;
+    fn subscription_list(&self, app_id: &str, user: Option<&str>) -> Result<Vec<SubscriptionRow>>;
+    fn subscription_get(&self, app_id: &str, id: &str) -> Result<Option<SubscriptionRow>>;
+    fn subscription_by_endpoint(&self, app_id: &str, endpoint: &str) -> Result<Option<SubscriptionRow>>;
+    /// Deletes one subscription (of `user` when given) and marks its queued deliveries gone.
+    fn subscription_delete(&self, app_id: &str, id: &str, user: Option<&str>) -> Result<bool>;
+    /// Stores a notification and one delivery per recipient subscription.
+    fn notification_create(&self, n: &NewNotification, idempotency_key: Option<&str>, idempotency_window_ms: i64) -> Result<Accepted>;
+    fn notification_get(&self, app_id: &str, id: &str) -> Result<Option<(NotificationRow, Vec<QueueRow>)>>;
+    /// Leases up to `limit` due deliveries, honouring every app's `max_concurrency`.
+    fn deliveries_claim(&self, now: Millis, lease_until: Millis, limit: u32) -> Result<Vec<Claimed>>;
+    fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()>;
+    /// When the next claim could find work: the earliest due time or lease expiry
+    /// among apps that are not paused.
+    fn queue_next_due(&self) -> Result<Option<Millis>>;
+    fn queue_list(&self, filter: &QueueFilter) -> Result<Vec<QueueRow>>;
+    fn queue_counts(&self) -> Result<QueueCounts>;
+    fn queue_due_count(&self, now: Millis) -> Result<u64>;
+    /// Makes every pending delivery due now.
+    fn queue_force(&self, now: Millis) -> Result<u64>;
+    fn queue_remove(&self, id: i64) -> Result<u64>;
+    /// Removes queued (pending or in-flight) deliveries, of one app or all.
+    fn queue_clear(&self, app_id: Option<&str>) -> Result<u64>;
+    fn vendor_stats(&self) -> Result<Vec<VendorStats>>;
+    /// Deletes finished deliveries, notifications and idempotency keys older than `before`.
+    fn purge_finished(&self, before: Millis) -> Result<u64>;
+}

@@ -1,0 +1,672 @@
+//! Embedded SQLite backend, the default.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of exactly
+//! one connection: transactions never fail with SQLITE_BUSY halfway, and the
+//! claim's read-then-update cannot interleave with another writer. Reads use a
+//! separate pool and run concurrently thanks to WAL mode.
+//!
+//! `synchronous = FULL`: a notification answered 202 survives power loss, not
+//! only a process crash.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::*;
+use crate::domain::{new_id, Recipients};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const QUEUED: &str = "('pending', 'in_flight')";
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32, busy_timeout_ms: u64) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_millis(busy_timeout_ms))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000");
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(options.read_only(true)).await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    // ---- apps ----------------------------------------------------------
+
+    pub async fn app_insert(&self, a: &AppRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO apps (id, name, contact, api_key_hash, vapid_public_key, vapid_private_sealed, vapid_generation, max_concurrency, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.contact)
+        .bind(&a.api_key_hash)
+        .bind(&a.vapid_public_key)
+        .bind(&a.vapid_private_sealed)
+        .bind(a.vapid_generation)
+        .bind(a.max_concurrency)
+        .bind(a.created_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn app_get(&self, id: &str) -> Result<Option<AppRow>> {
+        Ok(sqlx::query("SELECT * FROM apps WHERE id = ?").bind(id).fetch_optional(&self.reader).await?.map(|r| app_row(&r)))
+    }
+
+    pub async fn app_list(&self) -> Result<Vec<AppRow>> {
+        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at").fetch_all(&self.reader).await?.iter().map(app_row).collect())
+    }
+
+    pub async fn app_id_by_key_hash(&self, hash: &[u8]) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM apps WHERE api_key_hash = ?").bind(hash).fetch_optional(&self.reader).await?)
+    }
+
+    pub async fn app_update(&self, id: &str, contact: Option<&str>, max_concurrency: Option<i64>) -> Result<Option<AppRow>> {
+        let row = sqlx::query(
+            "UPDATE apps SET contact = COALESCE(?, contact), max_concurrency = COALESCE(?, max_concurrency),
+                 last_config_error = CASE WHEN ? IS NOT NULL THEN NULL ELSE last_config_error END
+             WHERE id = ? RETURNING *",
+        )
+        .bind(contact)
+        .bind(max_concurrency)
+        .bind(contact)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|r| app_row(&r)))
+    }
+
+    pub async fn app_set_config_error(&self, id: &str, error: Option<&str>, at: Millis) -> Result<()> {
+        sqlx::query("UPDATE apps SET last_config_error = ?, last_config_error_at = ? WHERE id = ?")
+            .bind(error)
+            .bind(error.map(|_| at))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn app_regenerate(&self, id: &str, public_key: &str, sealed_private: &[u8]) -> Result<Option<(u64, u64)>> {
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE apps SET vapid_public_key = ?, vapid_private_sealed = ?, vapid_generation = vapid_generation + 1,
+                 last_config_error = NULL, last_config_error_at = NULL WHERE id = ?",
+        )
+        .bind(public_key)
+        .bind(sealed_private)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let deliveries = sqlx::query(&format!("DELETE FROM deliveries WHERE app_id = ? AND status IN {QUEUED}")).bind(id).execute(&mut *tx).await?;
+        let subs = sqlx::query("DELETE FROM subscriptions WHERE app_id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some((subs.rows_affected(), deliveries.rows_affected())))
+    }
+
+    // ---- subscriptions -------------------------------------------------
+
+    pub async fn subscription_upsert(&self, s: &NewSubscription, now: Millis) -> Result<(String, bool)> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = ? AND endpoint = ?").bind(&s.app_id).bind(&s.endpoint).fetch_optional(&mut *tx).await?;
+        let topics = serde_json::to_string(&s.topics).expect("strings serialise");
+        let (id, created) = match existing {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE subscriptions SET user_id = ?, p256dh = ?, auth = ?, content_encoding = ?, topics = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(&s.user_id)
+                .bind(&s.p256dh)
+                .bind(&s.auth)
+                .bind(&s.content_encoding)
+                .bind(&topics)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM subscription_topics WHERE subscription_id = ?").bind(&id).execute(&mut *tx).await?;
+                (id, false)
+            }
+            None => {
+                let id = new_id();
+                sqlx::query(
+                    "INSERT INTO subscriptions (id, app_id, user_id, endpoint, endpoint_host, vendor, p256dh, auth, content_encoding, topics, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(&s.app_id)
+                .bind(&s.user_id)
+                .bind(&s.endpoint)
+                .bind(&s.endpoint_host)
+                .bind(&s.vendor)
+                .bind(&s.p256dh)
+                .bind(&s.auth)
+                .bind(&s.content_encoding)
+                .bind(&topics)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                (id, true)
+            }
+        };
+        for topic in &s.topics {
+            sqlx::query("INSERT OR IGNORE INTO subscription_topics (app_id, topic, subscription_id) VALUES (?, ?, ?)")
+                .bind(&s.app_id)
+                .bind(topic)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((id, created))
+    }
+
+    pub async fn subscription_list(&self, app_id: &str, user: Option<&str>) -> Result<Vec<SubscriptionRow>> {
+        let rows = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND (? IS NULL OR user_id = ?) ORDER BY created_at")
+            .bind(app_id)
+            .bind(user)
+            .bind(user)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(subscription_row).collect()
+    }
+
+    pub async fn subscription_get(&self, app_id: &str, id: &str) -> Result<Option<SubscriptionRow>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND id = ?").bind(app_id).bind(id).fetch_optional(&self.reader).await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_by_endpoint(&self, app_id: &str, endpoint: &str) -> Result<Option<SubscriptionRow>> {
+        let row =
+            sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND endpoint = ?").bind(app_id).bind(endpoint).fetch_optional(&self.reader).await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_delete(&self, app_id: &str, id: &str, user: Option<&str>) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let deleted = sqlx::query("DELETE FROM subscriptions WHERE app_id = ? AND id = ? AND (? IS NULL OR user_id = ?)")
+            .bind(app_id)
+            .bind(id)
+            .bind(user)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() > 0 {
+            mark_queued_gone(&mut tx, id, "subscription deleted", crate::domain::now_millis()).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    // ---- notifications -------------------------------------------------
+
+    pub async fn notification_create(&self, n: &NewNotification, idempotency_key: Option<&str>, window_ms: i64) -> Result<Accepted> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(key) = idempotency_key {
+            let seen = sqlx::query("SELECT notification_id, deliveries, created_at FROM idempotency_keys WHERE app_id = ? AND key = ?")
+                .bind(&n.app_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = seen {
+                if row.get::<i64, _>("created_at") > n.created_at - window_ms {
+                    return Ok(Accepted::Replayed { id: row.get("notification_id"), deliveries: row.get::<i64, _>("deliveries") as u64 });
+                }
+                sqlx::query("DELETE FROM idempotency_keys WHERE app_id = ? AND key = ?").bind(&n.app_id).bind(key).execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&n.id)
+        .bind(&n.app_id)
+        .bind(&n.title)
+        .bind(&n.payload)
+        .bind(n.ttl_secs as i64)
+        .bind(&n.urgency)
+        .bind(&n.topic_key)
+        .bind(n.created_at)
+        .bind(n.expires_at())
+        .execute(&mut *tx)
+        .await?;
+
+        // Fan-out is one INSERT … SELECT: a broadcast to 100 000 devices is a
+        // single statement, not 100 000 round trips.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
+        );
+        q.push_bind(&n.id).push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
+        q.push_bind(n.created_at).push(", ").push_bind(n.expires_at()).push(", ").push_bind(n.created_at);
+        q.push(" FROM subscriptions s WHERE s.app_id = ").push_bind(&n.app_id);
+        match &n.recipients {
+            Recipients::User(u) => {
+                q.push(" AND s.user_id = ").push_bind(u);
+            }
+            Recipients::Users(us) => {
+                q.push(" AND s.user_id IN (");
+                let mut sep = q.separated(", ");
+                for u in us {
+                    sep.push_bind(u);
+                }
+                q.push(")");
+            }
+            Recipients::Subscription(id) => {
+                q.push(" AND s.id = ").push_bind(id);
+            }
+            Recipients::Topic(t) => {
+                q.push(" AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ")
+                    .push_bind(&n.app_id)
+                    .push(" AND topic = ")
+                    .push_bind(t)
+                    .push(")");
+            }
+            Recipients::All => {}
+        }
+        let deliveries = q.build().execute(&mut *tx).await?.rows_affected();
+
+        if let Some(key) = idempotency_key {
+            sqlx::query("INSERT INTO idempotency_keys (app_id, key, notification_id, deliveries, created_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&n.app_id)
+                .bind(key)
+                .bind(&n.id)
+                .bind(deliveries as i64)
+                .bind(n.created_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted::Created { id: n.id.clone(), deliveries })
+    }
+
+    pub async fn notification_get(&self, app_id: &str, id: &str) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
+        let Some(row) = sqlx::query("SELECT id, app_id, title, created_at, expires_at FROM notifications WHERE app_id = ? AND id = ?")
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let n = NotificationRow {
+            id: row.get("id"),
+            app_id: row.get("app_id"),
+            title: row.get("title"),
+            created_at: row.get("created_at"),
+            expires_at: row.get("expires_at"),
+        };
+        let rows = sqlx::query(&format!("{QUEUE_SELECT} WHERE d.notification_id = ? ORDER BY d.id")).bind(id).fetch_all(&self.reader).await?;
+        Ok(Some((n, rows.iter().map(queue_row).collect())))
+    }
+
+    // ---- the delivery queue -------------------------------------------
+
+    pub async fn deliveries_claim(&self, now: Millis, lease_until: Millis, limit: u32) -> Result<Vec<Claimed>> {
+        let mut tx = self.writer.begin().await?;
+        // Room per app: max_concurrency minus its unexpired leases.
+        let rooms: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT a.id, a.max_concurrency - (SELECT count(*) FROM deliveries d
+                 WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ?1)
+             FROM apps a WHERE a.max_concurrency > 0",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed_ids: Vec<i64> = Vec::new();
+        let mut budget = limit as i64;
+        for (app_id, room) in rooms {
+            let take = room.min(budget);
+            if take <= 0 {
+                continue;
+            }
+            // Due pending work first, then leases that ran out (a crashed worker's).
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, claims = claims + 1, sent_at = ?2
+                 WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, next_attempt_at AS due FROM deliveries WHERE app_id = ?3 AND status = 'pending' AND next_attempt_at <= ?2
+                         UNION ALL
+                         SELECT id, lease_until AS due FROM deliveries WHERE app_id = ?3 AND status = 'in_flight' AND lease_until <= ?2
+                     ) ORDER BY due LIMIT ?4)
+                 RETURNING id",
+            )
+            .bind(lease_until)
+            .bind(now)
+            .bind(&app_id)
+            .bind(take)
+            .fetch_all(&mut *tx)
+            .await?;
+            budget -= ids.len() as i64;
+            claimed_ids.extend(ids);
+            if budget <= 0 {
+                break;
+            }
+        }
+        if claimed_ids.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor, d.without_topic, d.expires_at, d.created_at,
+                    n.payload, n.ttl_secs, n.urgency, n.topic_key, a.vapid_generation, a.contact,
+                    s.endpoint, s.p256dh, s.auth, s.content_encoding
+             FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+             JOIN apps a ON a.id = d.app_id
+             LEFT JOIN subscriptions s ON s.id = d.subscription_id
+             WHERE d.id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in &claimed_ids {
+            sep.push_bind(*id);
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(claimed_row).collect())
+    }
+
+    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for o in outcomes {
+            // Every write is fenced by (id, claims): a worker whose lease ran
+            // out and was re-claimed must not overwrite the newer attempt.
+            let fence = "WHERE id = ? AND claims = ? AND status = 'in_flight'";
+            let done = match &o.disposition {
+                Disposition::Delivered { at } => {
+                    sqlx::query(&format!("UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL, finished_at = ?, lease_until = NULL {fence}"))
+                        .bind(*at)
+                        .bind(o.id)
+                        .bind(o.claims)
+                        .execute(&mut *tx)
+                        .await?
+                }
+                Disposition::Retry { at, error, used_attempt, without_topic } => {
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'pending', attempts = attempts + ?, last_error = ?, next_attempt_at = ?,
+                             without_topic = without_topic OR ?, lease_until = NULL {fence}"
+                    ))
+                    .bind(*used_attempt as i64)
+                    .bind(error)
+                    .bind(*at)
+                    .bind(*without_topic)
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                Disposition::Gone { error } => {
+                    let r = sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'gone', attempts = attempts + 1, last_error = ?, finished_at = ?, lease_until = NULL {fence}"
+                    ))
+                    .bind(error)
+                    .bind(now)
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() > 0 {
+                        sqlx::query("DELETE FROM subscriptions WHERE id = ?").bind(&o.subscription_id).execute(&mut *tx).await?;
+                        mark_queued_gone(&mut tx, &o.subscription_id, error, now).await?;
+                    }
+                    r
+                }
+                Disposition::Failed { error } => {
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ?, finished_at = ?, lease_until = NULL {fence}"
+                    ))
+                    .bind(error)
+                    .bind(now)
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                Disposition::Expired { error } => {
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'expired', last_error = COALESCE(?, last_error), finished_at = ?, lease_until = NULL {fence}"
+                    ))
+                        .bind(error)
+                        .bind(now)
+                        .bind(o.id)
+                        .bind(o.claims)
+                        .execute(&mut *tx)
+                        .await?
+                }
+            };
+            if done.rows_affected() == 0 {
+                tracing::debug!(delivery = o.id, claims = o.claims, "outcome of a stale claim ignored");
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn queue_next_due(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(due) FROM (
+                 SELECT min(d.next_attempt_at) AS due FROM deliveries d JOIN apps a ON a.id = d.app_id
+                     WHERE d.status = 'pending' AND a.max_concurrency > 0 GROUP BY d.app_id
+                 UNION ALL
+                 SELECT min(d.lease_until) FROM deliveries d JOIN apps a ON a.id = d.app_id
+                     WHERE d.status = 'in_flight' AND a.max_concurrency > 0 GROUP BY d.app_id)",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    pub async fn queue_list(&self, f: &QueueFilter) -> Result<Vec<QueueRow>> {
+        let rows = sqlx::query(&format!("{QUEUE_SELECT} WHERE (?1 IS NULL OR d.app_id = ?1) AND (?2 IS NULL OR d.status = ?2) ORDER BY d.id DESC LIMIT ?3"))
+            .bind(f.app.as_deref())
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.limit as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.iter().map(queue_row).collect())
+    }
+
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let (pending, in_flight): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), (SELECT count(*) FROM deliveries WHERE status = 'in_flight')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(QueueCounts { pending, in_flight })
+    }
+
+    pub async fn queue_due_count(&self, now: Millis) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?")
+            .bind(now)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn queue_force(&self, now: Millis) -> Result<u64> {
+        let r = sqlx::query("UPDATE deliveries SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?")
+            .bind(now)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        let due_already = self.queue_due_count(now).await?;
+        Ok(due_already.max(r.rows_affected()))
+    }
+
+    pub async fn queue_remove(&self, id: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM deliveries WHERE id = ?").bind(id).execute(&self.writer).await?.rows_affected())
+    }
+
+    pub async fn queue_clear(&self, app_id: Option<&str>) -> Result<u64> {
+        Ok(sqlx::query(&format!("DELETE FROM deliveries WHERE status IN {QUEUED} AND (?1 IS NULL OR app_id = ?1)"))
+            .bind(app_id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn vendor_stats(&self) -> Result<Vec<VendorStats>> {
+        let rows = sqlx::query(
+            "SELECT vendor,
+                    sum(status = 'delivered') AS delivered, sum(status = 'failed') AS failed,
+                    sum(status = 'gone') AS gone, sum(status = 'expired') AS expired,
+                    avg(CASE WHEN status = 'delivered' THEN sent_at - created_at END) AS wait,
+                    avg(CASE WHEN status = 'delivered' THEN finished_at - sent_at END) AS took
+             FROM deliveries GROUP BY vendor ORDER BY vendor",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| VendorStats {
+                vendor: r.get("vendor"),
+                delivered: r.get::<Option<i64>, _>("delivered").unwrap_or(0),
+                failed: r.get::<Option<i64>, _>("failed").unwrap_or(0),
+                gone: r.get::<Option<i64>, _>("gone").unwrap_or(0),
+                expired: r.get::<Option<i64>, _>("expired").unwrap_or(0),
+                avg_queue_wait_ms: r.get("wait"),
+                avg_delivery_ms: r.get("took"),
+            })
+            .collect())
+    }
+
+    pub async fn purge_finished(&self, before: Millis) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let d = sqlx::query("DELETE FROM deliveries WHERE finished_at IS NOT NULL AND finished_at < ?").bind(before).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM notifications WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id)")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?").bind(before).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(d.rows_affected())
+    }
+}
+
+/// A dead subscription's queued deliveries will never arrive: mark them gone.
+async fn mark_queued_gone(tx: &mut sqlx::Transaction<'_, Sqlite>, subscription_id: &str, error: &str, now: Millis) -> Result<()> {
+    sqlx::query(&format!(
+        "UPDATE deliveries SET status = 'gone', last_error = ?, finished_at = ?, lease_until = NULL
+         WHERE subscription_id = ? AND status IN {QUEUED}"
+    ))
+    .bind(error)
+    .bind(now)
+    .bind(subscription_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const QUEUE_SELECT: &str = "SELECT d.id, d.app_id, d.notification_id, d.subscription_id, d.user_id, n.title, d.endpoint_host, d.vendor,
+        d.attempts, d.last_error, d.status, d.created_at, d.next_attempt_at, d.finished_at
+    FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
+
+fn queue_row(r: &SqliteRow) -> QueueRow {
+    QueueRow {
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        notification_id: r.get("notification_id"),
+        subscription_id: r.get("subscription_id"),
+        user_id: r.get("user_id"),
+        title: r.get("title"),
+        endpoint_host: r.get("endpoint_host"),
+        vendor: r.get("vendor"),
+        attempts: r.get("attempts"),
+        last_error: r.get("last_error"),
+        status: r.get("status"),
+        created_at: r.get("created_at"),
+        next_attempt_at: r.get("next_attempt_at"),
+        finished_at: r.get("finished_at"),
+    }
+}
+
+fn app_row(r: &SqliteRow) -> AppRow {
+    AppRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        contact: r.get("contact"),
+        api_key_hash: r.get("api_key_hash"),
+        vapid_public_key: r.get("vapid_public_key"),
+        vapid_private_sealed: r.get("vapid_private_sealed"),
+        vapid_generation: r.get("vapid_generation"),
+        max_concurrency: r.get("max_concurrency"),
+        last_config_error: r.get("last_config_error"),
+        last_config_error_at: r.get("last_config_error_at"),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
+    let topics: String = r.get("topics");
+    Ok(SubscriptionRow {
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        user_id: r.get("user_id"),
+        endpoint: r.get("endpoint"),
+        endpoint_host: r.get("endpoint_host"),
+        vendor: r.get("vendor"),
+        auth: r.get("auth"),
+        content_encoding: r.get("content_encoding"),
+        topics: serde_json::from_str(&topics).map_err(|e| StoreError::Corrupt(format!("subscription topics: {e}")))?,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+fn claimed_row(r: &SqliteRow) -> Claimed {
+    let endpoint: Option<String> = r.get("endpoint");
+    Claimed {
+        id: r.get("id"),
+        claims: r.get("claims"),
+        attempts: r.get("attempts"),
+        app_id: r.get("app_id"),
+        vapid_generation: r.get("vapid_generation"),
+        contact: r.get("contact"),
+        notification_id: r.get("notification_id"),
+        subscription_id: r.get("subscription_id"),
+        vendor: r.get("vendor"),
+        target: endpoint.map(|endpoint| Target {
+            endpoint,
+            p256dh: r.get("p256dh"),
+            auth: r.get("auth"),
+            content_encoding: r.get("content_encoding"),
+        }),
+        payload: r.get("payload"),
+        ttl_secs: r.get("ttl_secs"),
+        urgency: r.get("urgency"),
+        topic_key: r.get("topic_key"),
+        without_topic: r.get::<i64, _>("without_topic") != 0,
+        expires_at: r.get("expires_at"),
+        created_at: r.get("created_at"),
+    }
+}
