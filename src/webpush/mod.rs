@@ -21,6 +21,6 @@ pub mod vendor;
 pub use ece::ContentEncoding;
 pub use keys::VapidKey;
 pub use request::{PushOptions, TopicKey, Ttl, Urgency};
-pub use subscription::{AllowedHosts, AuthSecret, Endpoint, P256dh, Subscription, SubscriptionError};
+pub use subscription::{AllowedHosts, AuthSecret, Endpoint, P256dh, Subscription, SubscriptionError, SubscriptionJson};
 pub use vapid::{Contact, VapidSigner};
 pub use vendor::{Classified, Outcome, Vendor};
