@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs Herald's whole test suite: Rust unit and integration tests (SQLite and
+# PostgreSQL), then the browser tests in headless Chromium and Firefox ESR.
+# Installs what the browser tests need on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -x scripts/install-browser-deps.sh ]; then
+  scripts/install-browser-deps.sh
+fi
+
+echo "== cargo test"
+cargo test --all-targets --no-fail-fast
+
+if [ -f tests/browser/run.sh ]; then
+  echo "== browser tests"
+  tests/browser/run.sh
+fi
