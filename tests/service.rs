@@ -208,7 +208,7 @@ async fn the_admin_can_push_force_remove_and_clear_the_queue() {
     // A delivery waiting for its retry, far in the future.
     emu.script(&sub, vec![Scripted::status(429).retry_after("3600")]);
     let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "waiting", "body": "b"})).await;
-    emu.wait_for_requests(1, WAIT).await;
+    emu.wait_until(WAIT, |all| !all.is_empty()).await.expect("the first attempt arrives");
     let waiting = loop {
         let q = app.queue("status=pending").await;
         if !q.is_empty() && q[0]["last_error"].is_string() {

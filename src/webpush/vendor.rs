@@ -17,7 +17,31 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Vendor { Fcm, Apple, Mozilla, Wns, Other }
 impl Vendor {
-    pub fn of(endpoint: &Endpoint) -> Self { Self::of_host(endpoint.host()) }
+    /// By host for the real services; for any other allowed host (a relay,
+    /// a private deployment, a test emulator) by the vendor's path shape, so
+    /// that host still gets its vendor's answer rules.
+    pub fn of(endpoint: &Endpoint) -> Self {
+        match Self::of_host(endpoint.host()) {
+            Self::Other => Self::of_path(endpoint.as_str()),
+            v => v,
+        }
+    }
+    /// Path shapes: FCM `/fcm/send/<token>`, Mozilla `/wpush/v1|v2/<token>`,
+    /// Apple `/3/device/<token>`, WNS `/w/?token=<token>`.
+    fn of_path(url: &str) -> Self {
+        let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+        if path.contains("/fcm/send/") || path.contains("/gcm/send/") {
+            Self::Fcm
+        } else if path.contains("/wpush/v1/") || path.contains("/wpush/v2/") {
+            Self::Mozilla
+        } else if path.contains("/3/device/") {
+            Self::Apple
+        } else if path.contains("/w/?token=") || path.contains("/w?token=") {
+            Self::Wns
+        } else {
+            Self::Other
+        }
+    }
     /// By host name (case-insensitive, no port).
     pub fn of_host(host: &str) -> Self {
         let h = host.to_ascii_lowercase();
@@ -276,6 +300,11 @@ mod tests {
             ("https://stage.push.services.mozilla.com/wpush/v2/x", Vendor::Mozilla),
             ("https://wns2-by3p.notify.windows.com/w/?token=x", Vendor::Wns),
             ("https://localhost:8443/x", Vendor::Other),
+            // Hosts outside the vendor list are recognised by path shape.
+            ("https://localhost:8443/relay/fcm/send/x", Vendor::Fcm),
+            ("https://localhost:8443/wpush/v2/x", Vendor::Mozilla),
+            ("https://localhost:8443/3/device/x", Vendor::Apple),
+            ("https://localhost:8443/w/?token=x", Vendor::Wns),
         ] {
             assert_eq!(Vendor::of(&Endpoint::parse(url, &a).unwrap()), v, "{url}");
         }
