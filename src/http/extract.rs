@@ -122,6 +122,8 @@ fn field_of(path: &str, message: &str) -> Option<String> {
         .map(|(name, _)| name);
     let parent = (path != ".").then_some(path);
     match (parent, named) {
+        // An unknown field is already the last segment of the path.
+        (Some(p), Some(n)) if p == n || p.ends_with(&format!(".{n}")) => Some(p.to_string()),
         (Some(p), Some(n)) => Some(format!("{p}.{n}")),
         (None, Some(n)) => Some(n.to_string()),
         (Some(p), None) => Some(p.to_string()),
@@ -136,7 +138,9 @@ mod tests {
     #[test]
     fn unknown_and_missing_fields_are_named() {
         assert_eq!(field_of(".", "unknown field `titel`, expected one of `title`").as_deref(), Some("titel"));
-        assert_eq!(field_of("to", "unknown field `usr`, expected `user`").as_deref(), Some("to.usr"));
+        assert_eq!(field_of("to", "missing field `user`").as_deref(), Some("to.user"));
+        assert_eq!(field_of("to.usr", "unknown field `usr`, expected `user`").as_deref(), Some("to.usr"));
+        assert_eq!(field_of("titel", "unknown field `titel`").as_deref(), Some("titel"));
         assert_eq!(field_of(".", "missing field `title`").as_deref(), Some("title"));
         assert_eq!(field_of("ttl", "invalid type: string, expected u64").as_deref(), Some("ttl"));
         assert_eq!(field_of(".", "EOF while parsing").as_deref(), None);
