@@ -201,7 +201,7 @@ function renderApps() {
     regen.addEventListener('click', () => regenerate(a, regen));
     const paused = a.max_concurrency === 0 ? h('span', { class: 'badge gone' }, 'paused') : null;
     return h('tr', { 'data-app': a.id },
-      h('td', { 'data-label': 'App' }, h('strong', null, a.name), h('br'), h('code', { class: 'small muted' }, a.id),
+      h('td', { 'data-label': 'App', class: 'wrap' }, h('strong', null, a.name), h('br'), h('code', { class: 'small muted' }, a.id),
         a.last_config_error ? h('div', { class: 'status error small' }, `Configuration error: ${a.last_config_error}`) : null),
       h('td', { 'data-label': 'Contact' }, contact),
       h('td', { 'data-label': 'Max concurrency' }, h('div', { class: 'btn-row' }, conc, paused)),
@@ -325,7 +325,7 @@ async function loadQueue() {
       h('td', { 'data-label': 'App' }, appName(d.app)),
       h('td', { 'data-label': 'User' }, d.user ?? '—'),
       h('td', { 'data-label': 'Title', class: 'wrap' }, d.title ?? '—'),
-      h('td', { 'data-label': 'Endpoint host' }, d.endpoint_host ?? '—'),
+      h('td', { 'data-label': 'Endpoint host', class: 'wrap host' }, d.endpoint_host ?? '—'),
       h('td', { 'data-label': 'Status' }, statusBadge(d.status)),
       h('td', { 'data-label': 'Attempts', class: 'num' }, fmtNum(d.attempts)),
       h('td', { 'data-label': 'Last error', class: 'wrap small' }, d.last_error || '—'),
