@@ -11,6 +11,11 @@ const start = params.get('start') || undefined;
 
 const embedded = window.parent !== window;
 if (embedded) document.body.classList.add('embedded');
+// Browsers do not let cross-origin frames ask for notification permission.
+let crossOriginFrame = false;
+if (embedded) {
+  try { crossOriginFrame = window.parent.location.origin !== location.origin; } catch { crossOriginFrame = true; }
+}
 
 const sw = document.getElementById('push-switch');
 const statusBox = document.getElementById('push-status');
@@ -112,6 +117,15 @@ function render(state, error) {
       setSwitch(false, true);
       setStatus('', 'Push notifications are off on this device.');
       break;
+  }
+  if (crossOriginFrame && (state === 'blocked' || state === 'failed')) {
+    const p = el('p', 'Browsers may not allow this inside an embedded frame: ');
+    const a = el('a', 'open these settings in a new window');
+    a.href = location.href;
+    a.target = '_blank';
+    a.rel = 'noopener';
+    p.append(a, '.');
+    statusBox.append(p);
   }
   if (!token && state !== 'unsupported' && state !== 'blocked' && state !== 'subscribed') {
     // Without a user token the page cannot register a subscription.
