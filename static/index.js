@@ -61,6 +61,11 @@ fetch(new URL('healthz', location.href), { cache: 'no-store' }).then((res) => {
   setStatus('#health', 'error', `Herald does not answer its health check (${err.message}).`);
 });
 
+if (new URLSearchParams(location.search).get('from') === 'notification') {
+  const note = node('div', 'You opened this page by clicking the test notification: the whole round trip works.', { class: 'status ok', role: 'status' });
+  $('#health').after(note);
+}
+
 // ---------------------------------------------------------------- step 1: admin token
 
 $('#token-form').addEventListener('submit', (e) => {
