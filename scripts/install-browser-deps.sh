@@ -13,31 +13,33 @@ fi
 
 log() { printf 'install-browser-deps: %s\n' "$*"; }
 
-# 1. Debian packages: Chromium + ChromeDriver, Firefox ESR.
-apt_pkgs=(chromium chromium-driver firefox-esr)
+is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+apt_updated=""
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update; apt_updated=1; fi
+  $SUDO apt-get install -y --no-install-recommends "$@"
+}
+
+# 1. Debian packages: Chromium + ChromeDriver and Firefox ESR; D-Bus with
+#    Python bindings for the stand-in desktop notification server through
+#    which the tests see and click the notifications Chromium shows.
+apt_pkgs=(chromium chromium-driver firefox-esr dbus python3-dbus python3-gi)
+command -v npm >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 missing=()
 for p in "${apt_pkgs[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
+  is_installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update
-  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+  apt_install "${missing[@]}"
 else
-  log "chromium, chromium-driver and firefox-esr already installed"
+  log "browsers and D-Bus tools already installed"
 fi
 
 # 2. Node test harness dependencies (playwright-core only: it drives the
 #    system Chromium at /usr/bin/chromium and never downloads a browser).
-if ! command -v npm >/dev/null 2>&1; then
-  log "installing nodejs and npm"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update
-  $SUDO apt-get install -y --no-install-recommends nodejs npm
-fi
 cd "$ROOT/tests/browser"
 if [ -d node_modules/playwright-core ] && \
    [ "$(node -p "require('./node_modules/playwright-core/package.json').version" 2>/dev/null)" = \
