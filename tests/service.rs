@@ -383,3 +383,56 @@ async fn herald_refuses_push_hosts_outside_the_allow_list_by_default() {
     assert_eq!(body["error"]["code"], "host_not_allowed");
     assert_eq!(body["error"]["field"], "subscription.endpoint");
 }
+
+#[tokio::test]
+async fn ttl_urgency_and_topic_are_sent_as_rfc_8030_headers_over_http2() {
+    let (emu, app, acme) = setup().await;
+    let (sub, _) = subscribed(&app, &acme, &emu, EmuVendor::Mozilla, "bo").await;
+    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "t", "body": "b", "ttl": 600, "urgency": "high", "topic_key": "order-7 status"})).await;
+    app.settled(&acme, &id, WAIT).await;
+    let got = &emu.received_for(&sub)[0];
+    let ttl: u32 = got.ttl.as_deref().unwrap().parse().unwrap();
+    assert!((590..=600).contains(&ttl), "TTL is what remains of 600 s: {ttl}");
+    assert_eq!(got.urgency.as_deref(), Some("high"));
+    let topic = got.topic.as_deref().unwrap();
+    assert_eq!(topic.len(), 32, "Topic is a fixed-length digest: {topic}");
+    assert!(topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(got.content_encoding.as_deref(), Some("aes128gcm"));
+    assert_eq!(got.http_version, reqwest::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn apple_bad_web_push_topic_is_retried_once_without_the_topic() {
+    let (emu, app, acme) = setup().await;
+    let (sub, _) = subscribed(&app, &acme, &emu, EmuVendor::Apple, "bo").await;
+    emu.script(&sub, vec![Scripted::apple_reason(400, "BadWebPushTopic")]);
+    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "t", "body": "b", "topic_key": "k"})).await;
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 1);
+    let got = emu.received_for(&sub);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].topic.is_some() && got[1].topic.is_none(), "second attempt has no Topic");
+}
+
+#[tokio::test]
+async fn legacy_aesgcm_subscriptions_receive_decryptable_pushes() {
+    let (emu, app, acme) = setup().await;
+    let sub = emu.subscriber(EmuVendor::Fcm);
+    app.subscribe_with(&acme, json!({"user": "old", "subscription": sub.subscription_json(), "content_encoding": "aesgcm"})).await;
+    let id = app.send_ok(&acme, json!({"to": {"user": "old"}, "title": "legacy", "body": "b"})).await;
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 1);
+    let got = &emu.received_for(&sub)[0];
+    assert_eq!(got.content_encoding.as_deref(), Some("aesgcm"));
+    assert_eq!(payload_of(got)["title"], "legacy");
+}
+
+#[tokio::test]
+async fn wns_throttling_waits_without_using_an_attempt() {
+    let (emu, app, acme) = setup().await;
+    let (sub, _) = subscribed(&app, &acme, &emu, EmuVendor::Wns, "bo").await;
+    emu.script(&sub, vec![Scripted::status(406).retry_after("1")]);
+    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "t", "body": "b"})).await;
+    let n = app.settled(&acme, &id, WAIT).await;
+    assert_eq!((n["delivered"].as_u64(), n["deliveries"][0]["attempts"].as_u64()), (Some(1), Some(1)), "{n}");
+    let got = emu.received_for(&sub);
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(950));
+}
