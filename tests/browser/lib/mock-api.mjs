@@ -244,9 +244,20 @@ export class FakeHerald {
         if (!n) return this.error(404, 'not_found', 'no such notification');
         const dels = this.deliveries.filter((d) => n.deliveryIds.includes(d.id));
         for (const d of dels) if (d.status === 'pending') { d.status = this.deliverAs; d.attempts += 1; }
+        const count = (...st) => dels.filter((d) => st.includes(d.status)).length;
+        const pending = count('pending', 'in_flight');
         return [200, {
-          id: n.id, title: n.title, created_at: n.created_at,
-          deliveries: dels.map(({ id, subscription_id, endpoint_host, status, attempts, last_error }) => ({ id, subscription_id, endpoint_host, status, attempts, last_error })),
+          id: n.id,
+          title: n.title,
+          status: pending ? 'pending' : 'completed',
+          total: dels.length,
+          delivered: count('delivered'),
+          pending,
+          failed: count('failed'),
+          gone: count('gone'),
+          expired: count('expired'),
+          created_at: n.created_at,
+          deliveries: dels.map(({ id, subscription_id, user, status, attempts, last_error }) => ({ id, subscription_id, user, status, attempts, last_error })),
         }];
       }
     }
