@@ -27,6 +27,9 @@ pub struct Settings {
     pub master_key_file: Option<PathBuf>,
     /// Overrides the admin token stored under `keys_dir`.
     pub admin_token: Option<String>,
+    /// A file holding the admin token (never created), e.g. a secret shared
+    /// by every instance on PostgreSQL.
+    pub admin_token_file: Option<PathBuf>,
     /// Push-service hosts allowed besides the real vendors' (`host`, `*.suffix`).
     pub allowed_push_hosts: Vec<String>,
     /// PEM files with extra CA certificates to trust for outbound pushes.
@@ -72,6 +75,7 @@ impl Default for Settings {
             master_key: None,
             master_key_file: None,
             admin_token: None,
+            admin_token_file: None,
             allowed_push_hosts: Vec::new(),
             extra_ca_files: Vec::new(),
             proxy: None,
@@ -95,9 +99,15 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
     #[error("{0}")]
@@ -108,10 +118,12 @@ impl Settings {
     /// Defaults, then the file named by `HERALD_CONFIG` (or `herald.toml` when
     /// present), then the environment.
     pub fn load() -> Result<Self, ConfigError> {
-        let file = std::env::var_os("HERALD_CONFIG").map(PathBuf::from).or_else(|| {
-            let p = PathBuf::from("herald.toml");
-            p.exists().then_some(p)
-        });
+        let file = std::env::var_os("HERALD_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let p = PathBuf::from("herald.toml");
+                p.exists().then_some(p)
+            });
         let mut settings = match file {
             Some(path) => Self::from_file(&path)?,
             None => Settings::default(),
@@ -122,8 +134,14 @@ impl Settings {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
     }
 
     /// Overlay `HERALD_<SETTING>` variables; `get` is injectable for tests.
@@ -132,10 +150,17 @@ impl Settings {
         where
             T::Err: std::fmt::Display,
         {
-            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), message: e.to_string() })
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.into(),
+                message: e.to_string(),
+            })
         }
         fn list(v: &str) -> Vec<String> {
-            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
         }
         macro_rules! env {
             ($name:literal, $v:ident => $apply:expr) => {
@@ -150,6 +175,7 @@ impl Settings {
         env!("HERALD_MASTER_KEY", v => self.master_key = Some(v));
         env!("HERALD_MASTER_KEY_FILE", v => self.master_key_file = Some(v.into()));
         env!("HERALD_ADMIN_TOKEN", v => self.admin_token = Some(v));
+        env!("HERALD_ADMIN_TOKEN_FILE", v => self.admin_token_file = Some(v.into()));
         env!("HERALD_ALLOWED_PUSH_HOSTS", v => self.allowed_push_hosts = list(&v));
         env!("HERALD_EXTRA_CA_FILES", v => self.extra_ca_files = list(&v).into_iter().map(PathBuf::from).collect());
         env!("HERALD_PROXY", v => self.proxy = Some(v).filter(|s| !s.is_empty()));
@@ -171,7 +197,10 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
             return invalid("database_url must start with sqlite: or postgres://");
         }
         if self.concurrency == 0 {
@@ -187,7 +216,9 @@ impl Settings {
             return invalid("retry_base_ms must be positive and not above retry_max_ms");
         }
         if self.lease_ms <= self.request_timeout_ms {
-            return invalid("lease_ms must exceed request_timeout_ms, or a slow push would be claimed twice");
+            return invalid(
+                "lease_ms must exceed request_timeout_ms, or a slow push would be claimed twice",
+            );
         }
         Ok(())
     }
@@ -227,13 +258,19 @@ mod tests {
     #[test]
     fn a_malformed_number_names_the_variable() {
         let mut s = Settings::default();
-        let err = s.apply_env(|k| (k == "HERALD_CONCURRENCY").then(|| "many".into())).unwrap_err();
+        let err = s
+            .apply_env(|k| (k == "HERALD_CONCURRENCY").then(|| "many".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("HERALD_CONCURRENCY"), "{err}");
     }
 
     #[test]
     fn a_lease_shorter_than_the_request_timeout_is_refused() {
-        let s = Settings { lease_ms: 1000, request_timeout_ms: 5000, ..Settings::default() };
+        let s = Settings {
+            lease_ms: 1000,
+            request_timeout_ms: 5000,
+            ..Settings::default()
+        };
         assert!(s.validate().is_err());
     }
 }

@@ -20,14 +20,20 @@ use serde::{Deserialize, Serialize};
 pub type Millis = i64;
 
 pub fn now_millis() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// RFC 3339 for API answers.
 pub fn rfc3339(ms: Millis) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -43,7 +49,14 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 6] = [Self::Pending, Self::InFlight, Self::Delivered, Self::Failed, Self::Gone, Self::Expired];
+    pub const ALL: [DeliveryStatus; 6] = [
+        Self::Pending,
+        Self::InFlight,
+        Self::Delivered,
+        Self::Failed,
+        Self::Gone,
+        Self::Expired,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,7 +7,11 @@ use herald::store::{QueueFilter, Store};
 use herald::{app, service, Application, Settings};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Self-hosted Web Push delivery service")]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted Web Push delivery service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,7 +75,10 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -111,7 +118,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -119,7 +127,9 @@ async fn shutdown_signal() {
 }
 
 async fn open(s: &Settings) -> anyhow::Result<Store> {
-    Store::connect(&s.database_url, 2, s.db_statement_timeout_ms).await.with_context(|| format!("opening {}", app::redact(&s.database_url)))
+    Store::connect(&s.database_url, 2, s.db_statement_timeout_ms)
+        .await
+        .with_context(|| format!("opening {}", app::redact(&s.database_url)))
 }
 
 async fn app_command(settings: Settings, cmd: AppCommand) -> anyhow::Result<()> {
@@ -127,7 +137,9 @@ async fn app_command(settings: Settings, cmd: AppCommand) -> anyhow::Result<()> 
     match cmd {
         AppCommand::Create { name, contact } => {
             let master = app::load_master_key(&settings)?;
-            let created = service::create_app(&store, &master, &name, &contact, settings.app_concurrency).await?;
+            let created =
+                service::create_app(&store, &master, &name, &contact, settings.app_concurrency)
+                    .await?;
             println!("id:               {}", created.app.id);
             println!("name:             {}", created.app.name);
             println!("contact:          {}", created.app.contact);
@@ -136,7 +148,10 @@ async fn app_command(settings: Settings, cmd: AppCommand) -> anyhow::Result<()> 
         }
         AppCommand::List => {
             for a in store.app_list().await? {
-                println!("{}  {}  {}  max_concurrency={}", a.id, a.name, a.contact, a.max_concurrency);
+                println!(
+                    "{}  {}  {}  max_concurrency={}",
+                    a.id, a.name, a.contact, a.max_concurrency
+                );
                 println!("    vapid public key: {}", a.vapid_public_key);
                 if let Some(e) = a.last_config_error {
                     println!("    last configuration error: {e}");
@@ -151,9 +166,19 @@ async fn queue_command(settings: Settings, cmd: QueueCommand) -> anyhow::Result<
     let store = open(&settings).await?;
     match cmd {
         QueueCommand::Show { app, status, limit } => {
-            let status = status.map(|s| herald::domain::DeliveryStatus::parse(&s).with_context(|| format!("unknown status {s}"))).transpose()?;
-            let rows = store.queue_list(&QueueFilter { app, status, limit }).await?;
-            println!("{:>8}  {:<10} {:>3}  {:<28} {:<20} {:<24} last error", "id", "status", "try", "endpoint host", "user", "next attempt");
+            let status = status
+                .map(|s| {
+                    herald::domain::DeliveryStatus::parse(&s)
+                        .with_context(|| format!("unknown status {s}"))
+                })
+                .transpose()?;
+            let rows = store
+                .queue_list(&QueueFilter { app, status, limit })
+                .await?;
+            println!(
+                "{:>8}  {:<10} {:>3}  {:<28} {:<20} {:<24} last error",
+                "id", "status", "try", "endpoint host", "user", "next attempt"
+            );
             for r in rows {
                 println!(
                     "{:>8}  {:<10} {:>3}  {:<28} {:<20} {:<24} {}",

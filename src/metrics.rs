@@ -22,7 +22,9 @@ pub struct OutcomeLabel {
 
 fn latency_histogram() -> Histogram {
     // 1 ms … ~65 s
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
 }
 
 pub struct Metrics {
@@ -40,28 +42,67 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("herald");
         let outcomes = Family::<OutcomeLabel, Counter>::default();
         let retries = Family::<VendorLabel, Counter>::default();
-        let queue_wait = Family::<VendorLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let delivery_latency = Family::<VendorLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let queue_wait = Family::<VendorLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let delivery_latency =
+            Family::<VendorLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         let queued = Gauge::default();
         let in_flight = Gauge::default();
-        registry.register("deliveries", "Finished deliveries by outcome (delivered, failed, gone, expired) and push vendor", outcomes.clone());
-        registry.register("retries", "Delivery attempts that will be retried, by push vendor", retries.clone());
-        registry.register("queue_wait_seconds", "Time from acceptance to the send of a delivery's last attempt", queue_wait.clone());
-        registry.register("delivery_latency_seconds", "Duration of one push request", delivery_latency.clone());
+        registry.register(
+            "deliveries",
+            "Finished deliveries by outcome (delivered, failed, gone, expired) and push vendor",
+            outcomes.clone(),
+        );
+        registry.register(
+            "retries",
+            "Delivery attempts that will be retried, by push vendor",
+            retries.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from acceptance to the send of a delivery's last attempt",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Duration of one push request",
+            delivery_latency.clone(),
+        );
         registry.register("queued", "Deliveries waiting (pending)", queued.clone());
-        registry.register("in_flight", "Deliveries claimed and being sent", in_flight.clone());
-        Metrics { registry, outcomes, retries, queue_wait, delivery_latency, queued, in_flight }
+        registry.register(
+            "in_flight",
+            "Deliveries claimed and being sent",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            outcomes,
+            retries,
+            queue_wait,
+            delivery_latency,
+            queued,
+            in_flight,
+        }
     }
 }
 
 impl Metrics {
     pub fn outcome(&self, vendor: &str, outcome: &'static str) {
-        self.outcomes.get_or_create(&OutcomeLabel { vendor: vendor.to_string(), outcome }).inc();
+        self.outcomes
+            .get_or_create(&OutcomeLabel {
+                vendor: vendor.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -27,17 +27,25 @@ pub enum SecretError {
     #[error("sealed secret cannot be opened (wrong master key or corrupted data)")]
     Unseal,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
-    move |source| SecretError::Io { path: path.to_path_buf(), source }
+    move |source| SecretError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// 32 random bytes.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).expect("system random source");
+    SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random source");
     b
 }
 
@@ -48,7 +56,9 @@ pub fn random_token(prefix: &str) -> String {
 
 /// SHA-256 of a token, as stored.
 pub fn token_hash(token: &str) -> Vec<u8> {
-    digest::digest(&digest::SHA256, token.as_bytes()).as_ref().to_vec()
+    digest::digest(&digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 /// Writes a file only the owner can read, refusing to overwrite.
@@ -86,14 +96,16 @@ impl MasterKey {
             .decode(s.trim())
             .or_else(|_| URL_SAFE_NO_PAD.decode(s.trim()))
             .map_err(|_| SecretError::MasterKey("not valid base64".into()))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| SecretError::MasterKey(format!("must be 32 bytes, got {}", b.len())))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            SecretError::MasterKey(format!("must be 32 bytes, got {}", b.len()))
+        })?;
         Ok(MasterKey { key })
     }
 
     pub fn generate() -> Self {
-        MasterKey { key: random_bytes() }
+        MasterKey {
+            key: random_bytes(),
+        }
     }
 
     pub fn to_base64(&self) -> String {
@@ -122,7 +134,11 @@ impl MasterKey {
         let nonce_bytes = random_bytes::<NONCE_LEN>();
         let mut out = plaintext.to_vec();
         self.aead()
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(context.as_bytes()), &mut out)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(context.as_bytes()),
+                &mut out,
+            )
             .expect("sealing cannot fail for in-memory buffers");
         let mut sealed = nonce_bytes.to_vec();
         sealed.extend_from_slice(&out);
@@ -136,7 +152,10 @@ impl MasterKey {
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretError::Unseal)?;
         let mut buf = rest.to_vec();
-        let plain = self.aead().open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| SecretError::Unseal)?;
+        let plain = self
+            .aead()
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf)
+            .map_err(|_| SecretError::Unseal)?;
         Ok(plain.to_vec())
     }
 
@@ -162,7 +181,10 @@ pub struct AdminToken {
 
 impl AdminToken {
     pub fn from_value(token: &str) -> Self {
-        AdminToken { hash: token_hash(token.trim()), created: None }
+        AdminToken {
+            hash: token_hash(token.trim()),
+            created: None,
+        }
     }
 
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
@@ -171,7 +193,10 @@ impl AdminToken {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let token = random_token("ha_");
                 write_private(path, format!("{token}\n").as_bytes())?;
-                Ok(AdminToken { hash: token_hash(&token), created: Some(token) })
+                Ok(AdminToken {
+                    hash: token_hash(&token),
+                    created: Some(token),
+                })
             }
             Err(e) => Err(io(path)(e)),
         }
@@ -179,7 +204,8 @@ impl AdminToken {
 
     pub fn matches(&self, presented: &str) -> bool {
         // Compare digests in constant time: the presented token is attacker-chosen.
-        aws_lc_rs::constant_time::verify_slices_are_equal(&token_hash(presented), &self.hash).is_ok()
+        aws_lc_rs::constant_time::verify_slices_are_equal(&token_hash(presented), &self.hash)
+            .is_ok()
     }
 }
 
@@ -201,13 +227,24 @@ pub struct UserTokens {
 impl UserTokens {
     pub fn new(master: &MasterKey) -> Self {
         let k = master.user_token_key();
-        UserTokens { encoding: jsonwebtoken::EncodingKey::from_secret(&k), decoding: jsonwebtoken::DecodingKey::from_secret(&k) }
+        UserTokens {
+            encoding: jsonwebtoken::EncodingKey::from_secret(&k),
+            decoding: jsonwebtoken::DecodingKey::from_secret(&k),
+        }
     }
 
     pub fn issue(&self, app: &str, user: &str, expires_at_unix: u64) -> String {
-        let claims = UserClaims { app: app.into(), sub: user.into(), exp: expires_at_unix };
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing of a small claim set cannot fail")
+        let claims = UserClaims {
+            app: app.into(),
+            sub: user.into(),
+            exp: expires_at_unix,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )
+        .expect("HS256 signing of a small claim set cannot fail")
     }
 
     /// The claims of a valid, unexpired token.
@@ -215,7 +252,9 @@ impl UserTokens {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<UserClaims>(token, &self.decoding, &validation).ok().map(|d| d.claims)
+        jsonwebtoken::decode::<UserClaims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|d| d.claims)
     }
 }
 
@@ -228,8 +267,14 @@ mod tests {
         let key = MasterKey::generate();
         let sealed = key.seal("app-1", b"private key");
         assert_eq!(key.open("app-1", &sealed).unwrap(), b"private key");
-        assert!(key.open("app-2", &sealed).is_err(), "sealed for another app");
-        assert!(MasterKey::generate().open("app-1", &sealed).is_err(), "another master key");
+        assert!(
+            key.open("app-2", &sealed).is_err(),
+            "sealed for another app"
+        );
+        assert!(
+            MasterKey::generate().open("app-1", &sealed).is_err(),
+            "another master key"
+        );
         assert!(key.open("app-1", &sealed[..10]).is_err(), "truncated");
     }
 
@@ -245,7 +290,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         assert!(MasterKey::load_or_create(&dir.path().join("absent"), false).is_err());
     }
@@ -265,11 +313,20 @@ mod tests {
     #[test]
     fn user_tokens_carry_app_and_user_and_expire() {
         let tokens = UserTokens::new(&MasterKey::generate());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let t = tokens.issue("app", "bo", now + 60);
         let claims = tokens.verify(&t).unwrap();
         assert_eq!((claims.app.as_str(), claims.sub.as_str()), ("app", "bo"));
-        assert!(tokens.verify(&tokens.issue("app", "bo", now - 1)).is_none(), "expired");
-        assert!(UserTokens::new(&MasterKey::generate()).verify(&t).is_none(), "other key");
+        assert!(
+            tokens.verify(&tokens.issue("app", "bo", now - 1)).is_none(),
+            "expired"
+        );
+        assert!(
+            UserTokens::new(&MasterKey::generate()).verify(&t).is_none(),
+            "other key"
+        );
     }
 }

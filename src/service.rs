@@ -12,7 +12,10 @@ pub const API_KEY_PREFIX: &str = "hk_";
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -28,21 +31,36 @@ pub struct CreatedApp {
 pub fn validate_name(name: &str) -> Result<&str, ServiceError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ServiceError::Invalid { field: "name", message: "name must be 1 to 100 characters".into() });
+        return Err(ServiceError::Invalid {
+            field: "name",
+            message: "name must be 1 to 100 characters".into(),
+        });
     }
     Ok(name)
 }
 
 pub fn validate_contact(contact: &str) -> Result<Contact, ServiceError> {
-    Contact::parse(contact.trim()).map_err(|e| ServiceError::Invalid { field: "contact", message: e.to_string() })
+    Contact::parse(contact.trim()).map_err(|e| ServiceError::Invalid {
+        field: "contact",
+        message: e.to_string(),
+    })
 }
 
 fn new_vapid(master: &MasterKey, app_id: &str) -> Result<(String, Vec<u8>), ServiceError> {
     let key = VapidKey::generate().map_err(|e| ServiceError::Crypto(e.to_string()))?;
-    Ok((key.public_key_base64(), master.seal(app_id, &key.to_pkcs8())))
+    Ok((
+        key.public_key_base64(),
+        master.seal(app_id, &key.to_pkcs8()),
+    ))
 }
 
-pub async fn create_app(store: &Store, master: &MasterKey, name: &str, contact: &str, max_concurrency: u32) -> Result<CreatedApp, ServiceError> {
+pub async fn create_app(
+    store: &Store,
+    master: &MasterKey,
+    name: &str,
+    contact: &str,
+    max_concurrency: u32,
+) -> Result<CreatedApp, ServiceError> {
     let name = validate_name(name)?;
     let contact = validate_contact(contact)?;
     let id = new_id();
@@ -72,11 +90,17 @@ pub struct Regenerated {
 }
 
 /// New VAPID credentials; `None` for an unknown app.
-pub async fn regenerate_credentials(store: &Store, master: &MasterKey, app_id: &str) -> Result<Option<Regenerated>, ServiceError> {
+pub async fn regenerate_credentials(
+    store: &Store,
+    master: &MasterKey,
+    app_id: &str,
+) -> Result<Option<Regenerated>, ServiceError> {
     let (public, sealed) = new_vapid(master, app_id)?;
-    Ok(store.app_regenerate(app_id, &public, &sealed).await?.map(|(subscriptions_removed, deliveries_removed)| Regenerated {
-        vapid_public_key: public,
-        subscriptions_removed,
-        deliveries_removed,
-    }))
+    Ok(store.app_regenerate(app_id, &public, &sealed).await?.map(
+        |(subscriptions_removed, deliveries_removed)| Regenerated {
+            vapid_public_key: public,
+            subscriptions_removed,
+            deliveries_removed,
+        },
+    ))
 }

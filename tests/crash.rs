@@ -17,7 +17,11 @@ const SUBSCRIBERS: usize = 1000;
 const NOTIFICATIONS: usize = 3;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Herald {
@@ -30,7 +34,10 @@ fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
         .arg("serve")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("HERALD_BIND", format!("127.0.0.1:{port}"))
-        .env("HERALD_DATABASE_URL", format!("sqlite://{}/herald.db", dir.display()))
+        .env(
+            "HERALD_DATABASE_URL",
+            format!("sqlite://{}/herald.db", dir.display()),
+        )
         .env("HERALD_KEYS_DIR", dir.join("keys"))
         .env("HERALD_ADMIN_TOKEN", ADMIN)
         .env("HERALD_ALLOWED_PUSH_HOSTS", "localhost")
@@ -42,7 +49,10 @@ fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
         .stdout(Stdio::null())
         .spawn()
         .expect("herald binary starts");
-    Herald { child, base: format!("http://127.0.0.1:{port}") }
+    Herald {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 async fn ready(http: &reqwest::Client, base: &str) {
@@ -58,7 +68,13 @@ async fn ready(http: &reqwest::Client, base: &str) {
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
-    let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     r.json().await.unwrap()
 }
@@ -72,27 +88,54 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let mut herald = start(dir.path(), port, &emu);
     ready(&http, &herald.base).await;
 
-    let app = post(&http, format!("{}/api/v1/apps", herald.base), ADMIN, json!({"name": "crash", "contact": "mailto:ops@example.com"})).await;
-    let (app_id, key) = (app["id"].as_str().unwrap().to_string(), app["api_key"].as_str().unwrap().to_string());
-    let subscribers: Vec<_> = (0..SUBSCRIBERS).map(|_| emu.subscriber(EmuVendor::Fcm)).collect();
+    let app = post(
+        &http,
+        format!("{}/api/v1/apps", herald.base),
+        ADMIN,
+        json!({"name": "crash", "contact": "mailto:ops@example.com"}),
+    )
+    .await;
+    let (app_id, key) = (
+        app["id"].as_str().unwrap().to_string(),
+        app["api_key"].as_str().unwrap().to_string(),
+    );
+    let subscribers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| emu.subscriber(EmuVendor::Fcm))
+        .collect();
     let subs_url = format!("{}/api/v1/apps/{app_id}/subscriptions", herald.base);
     futures::future::join_all(subscribers.iter().enumerate().map(|(i, s)| {
-        post(&http, subs_url.clone(), &key, json!({"user": format!("u{i}"), "subscription": s.subscription_json()}))
+        post(
+            &http,
+            subs_url.clone(),
+            &key,
+            json!({"user": format!("u{i}"), "subscription": s.subscription_json()}),
+        )
     }))
     .await;
 
     let mut ids = Vec::new();
     for n in 0..NOTIFICATIONS {
-        let r = post(&http, format!("{}/api/v1/apps/{app_id}/notifications", herald.base), &key, json!({"to": {"all": true}, "title": format!("n{n}"), "body": "b"})).await;
+        let r = post(
+            &http,
+            format!("{}/api/v1/apps/{app_id}/notifications", herald.base),
+            &key,
+            json!({"to": {"all": true}, "title": format!("n{n}"), "body": "b"}),
+        )
+        .await;
         assert_eq!(r["deliveries"], SUBSCRIBERS);
         ids.push(r["id"].as_str().unwrap().to_string());
     }
     let total = SUBSCRIBERS * NOTIFICATIONS;
-    emu.wait_until(Duration::from_secs(60), |all| all.len() >= total / 5).await.expect("delivery under way");
+    emu.wait_until(Duration::from_secs(60), |all| all.len() >= total / 5)
+        .await
+        .expect("delivery under way");
     herald.child.kill().expect("SIGKILL");
     herald.child.wait().unwrap();
     let at_kill = emu.received().len();
-    assert!(at_kill < total, "the kill must land mid-delivery ({at_kill} of {total} arrived)");
+    assert!(
+        at_kill < total,
+        "the kill must land mid-delivery ({at_kill} of {total} arrived)"
+    );
 
     let mut herald = start(dir.path(), port, &emu);
     ready(&http, &herald.base).await;
@@ -100,13 +143,25 @@ async fn sigkill_mid_delivery_loses_nothing() {
         let url = format!("{}/api/v1/apps/{app_id}/notifications/{id}", herald.base);
         let mut n = Value::Null;
         for _ in 0..600 {
-            n = http.get(&url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+            n = http
+                .get(&url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if n["status"] == "completed" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(n["delivered"], SUBSCRIBERS, "every delivery ends delivered: {}", n["status"]);
+        assert_eq!(
+            n["delivered"], SUBSCRIBERS,
+            "every delivery ends delivered: {}",
+            n["status"]
+        );
     }
     herald.child.kill().unwrap();
     herald.child.wait().unwrap();
@@ -116,14 +171,27 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let mut arrivals: HashMap<(String, String), usize> = HashMap::new();
     for r in emu.received().iter().filter(|r| r.delivered()) {
         let p: Value = serde_json::from_slice(r.plaintext.as_ref().unwrap()).unwrap();
-        *arrivals.entry((r.token.clone(), p["id"].as_str().unwrap().to_string())).or_default() += 1;
+        *arrivals
+            .entry((r.token.clone(), p["id"].as_str().unwrap().to_string()))
+            .or_default() += 1;
     }
     for s in &subscribers {
         for id in &ids {
-            assert!(arrivals.get(&(s.token().to_string(), id.clone())).copied().unwrap_or(0) >= 1, "lost: {} {id}", s.token());
+            assert!(
+                arrivals
+                    .get(&(s.token().to_string(), id.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    >= 1,
+                "lost: {} {id}",
+                s.token()
+            );
         }
     }
     let duplicates: usize = arrivals.values().map(|n| n - 1).sum();
-    assert!(duplicates <= CONCURRENCY, "{duplicates} duplicates, but at most {CONCURRENCY} deliveries were in flight");
+    assert!(
+        duplicates <= CONCURRENCY,
+        "{duplicates} duplicates, but at most {CONCURRENCY} deliveries were in flight"
+    );
     eprintln!("killed after {at_kill} of {total} arrivals; {duplicates} arrived twice");
 }

@@ -35,15 +35,25 @@ async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
                     }
                 }
                 let mut parts = request_line.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+                let (method, target) = (
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or("").to_string(),
+                );
                 log.lock().unwrap().push(format!("{method} {target}"));
                 if method != "CONNECT" {
-                    let _ = client.get_mut().write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+                    let _ = client
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                        .await;
                     return;
                 }
                 // The proxy, not Herald, resolves the name.
                 let mut upstream = TcpStream::connect(&target).await.unwrap();
-                client.get_mut().write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.unwrap();
+                client
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .unwrap();
                 let mut client = client.into_inner();
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
@@ -56,12 +66,31 @@ async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
 async fn pushes_go_through_the_proxy_by_host_name() {
     let emu = Emulator::start().await;
     let (proxy_port, seen) = connect_proxy().await;
-    let app = spawn_app_with(emu.ca_file(), |s| s.proxy = Some(format!("http://127.0.0.1:{proxy_port}"))).await;
+    let app = spawn_app_with(emu.ca_file(), |s| {
+        s.proxy = Some(format!("http://127.0.0.1:{proxy_port}"))
+    })
+    .await;
     let acme = app.create_app("acme").await;
-    app.subscribe(&acme, "bo", emu.subscriber(EmuVendor::Fcm).subscription_json()).await;
-    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "via proxy", "body": "b"})).await;
-    assert_eq!(app.settled(&acme, &id, Duration::from_secs(15)).await["delivered"], 1);
-    assert_eq!(*seen.lock().unwrap(), vec![format!("CONNECT localhost:{}", emu.port())]);
+    app.subscribe(
+        &acme,
+        "bo",
+        emu.subscriber(EmuVendor::Fcm).subscription_json(),
+    )
+    .await;
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "via proxy", "body": "b"}),
+        )
+        .await;
+    assert_eq!(
+        app.settled(&acme, &id, Duration::from_secs(15)).await["delivered"],
+        1
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![format!("CONNECT localhost:{}", emu.port())]
+    );
 }
 
 #[tokio::test]
@@ -74,8 +103,25 @@ async fn no_proxy_hosts_are_reached_directly() {
     })
     .await;
     let acme = app.create_app("acme").await;
-    app.subscribe(&acme, "bo", emu.subscriber(EmuVendor::Fcm).subscription_json()).await;
-    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "direct", "body": "b"})).await;
-    assert_eq!(app.settled(&acme, &id, Duration::from_secs(15)).await["delivered"], 1);
-    assert!(seen.lock().unwrap().is_empty(), "the proxy saw {:?}", seen.lock().unwrap());
+    app.subscribe(
+        &acme,
+        "bo",
+        emu.subscriber(EmuVendor::Fcm).subscription_json(),
+    )
+    .await;
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "direct", "body": "b"}),
+        )
+        .await;
+    assert_eq!(
+        app.settled(&acme, &id, Duration::from_secs(15)).await["delivered"],
+        1
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the proxy saw {:?}",
+        seen.lock().unwrap()
+    );
 }

@@ -49,7 +49,11 @@ pub fn app_json(a: &AppRow) -> Value {
 
 /// The app, or 404.
 pub async fn existing(state: &AppState, id: &str) -> Result<AppRow, ApiError> {
-    state.store.app_get(id).await?.ok_or(ApiError::NotFound("no app with this id"))
+    state
+        .store
+        .app_get(id)
+        .await?
+        .ok_or(ApiError::NotFound("no app with this id"))
 }
 
 #[derive(Deserialize)]
@@ -60,9 +64,20 @@ struct CreateApp {
     max_concurrency: Option<u32>,
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody<CreateApp>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateApp>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let created = service::create_app(&state.store, &state.master, &body.name, &body.contact, body.max_concurrency.unwrap_or(state.app_concurrency)).await?;
+    let created = service::create_app(
+        &state.store,
+        &state.master,
+        &body.name,
+        &body.contact,
+        body.max_concurrency.unwrap_or(state.app_concurrency),
+    )
+    .await?;
     let mut out = app_json(&created.app);
     out["api_key"] = json!(created.api_key);
     Ok((StatusCode::CREATED, Json(out)))
@@ -71,10 +86,16 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let apps = state.store.app_list().await?;
-    Ok(Json(json!({ "apps": apps.iter().map(app_json).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "apps": apps.iter().map(app_json).collect::<Vec<_>>() }),
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_backend(&app)?;
     Ok(Json(app_json(&existing(&state, &app).await?)))
 }
@@ -86,20 +107,39 @@ struct UpdateApp {
     max_concurrency: Option<i64>,
 }
 
-async fn update(State(state): State<AppState>, caller: Caller, Path(app): Path<String>, JsonBody(body): JsonBody<UpdateApp>) -> Result<Json<Value>, ApiError> {
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<UpdateApp>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let contact = body.contact.as_deref().map(service::validate_contact).transpose()?;
+    let contact = body
+        .contact
+        .as_deref()
+        .map(service::validate_contact)
+        .transpose()?;
     if let Some(m) = body.max_concurrency {
         if !(0..=100_000).contains(&m) {
-            return Err(ApiError::invalid("max_concurrency", "max_concurrency must be between 0 (paused) and 100000"));
+            return Err(ApiError::invalid(
+                "max_concurrency",
+                "max_concurrency must be between 0 (paused) and 100000",
+            ));
         }
     }
     if contact.is_none() && body.max_concurrency.is_none() {
-        return Err(ApiError::invalid("contact", "give contact and/or max_concurrency"));
+        return Err(ApiError::invalid(
+            "contact",
+            "give contact and/or max_concurrency",
+        ));
     }
     let updated = state
         .store
-        .app_update(&app, contact.as_ref().map(|c| c.as_str()), body.max_concurrency)
+        .app_update(
+            &app,
+            contact.as_ref().map(|c| c.as_str()),
+            body.max_concurrency,
+        )
         .await?
         .ok_or(ApiError::NotFound("no app with this id"))?;
     state.queue.sender().forget_app(&app);
@@ -108,9 +148,15 @@ async fn update(State(state): State<AppState>, caller: Caller, Path(app): Path<S
     Ok(Json(app_json(&updated)))
 }
 
-async fn regenerate(State(state): State<AppState>, caller: Caller, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn regenerate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let r = service::regenerate_credentials(&state.store, &state.master, &app).await?.ok_or(ApiError::NotFound("no app with this id"))?;
+    let r = service::regenerate_credentials(&state.store, &state.master, &app)
+        .await?
+        .ok_or(ApiError::NotFound("no app with this id"))?;
     state.queue.sender().forget_app(&app);
     Ok(Json(json!({
         "vapid_public_key": r.vapid_public_key,
@@ -119,7 +165,10 @@ async fn regenerate(State(state): State<AppState>, caller: Caller, Path(app): Pa
     })))
 }
 
-async fn vapid_public_key(State(state): State<AppState>, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn vapid_public_key(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let app = existing(&state, &app).await?;
     Ok(Json(json!({ "vapid_public_key": app.vapid_public_key })))
 }

@@ -20,12 +20,22 @@ pub enum ApiError {
     NotFound(&'static str),
     /// A field broke a rule. `code` names the rule family, `field` the JSON path.
     #[error("{message}")]
-    Invalid { code: &'static str, field: String, message: String },
+    Invalid {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
     /// The body is not the JSON this route takes.
     #[error("{message}")]
-    BadJson { field: Option<String>, message: String },
+    BadJson {
+        field: Option<String>,
+        message: String,
+    },
     #[error("{message}")]
-    PayloadTooLarge { field: &'static str, message: String },
+    PayloadTooLarge {
+        field: &'static str,
+        message: String,
+    },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -34,7 +44,11 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid { code: "invalid_field", field: field.into(), message: message.into() }
+        ApiError::Invalid {
+            code: "invalid_field",
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -44,15 +58,27 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::BadJson { .. } => (StatusCode::BAD_REQUEST, "invalid_json"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Store(StoreError::Database(e)) if is_unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-            ApiError::Store(_) | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::Store(StoreError::Database(e)) if is_unavailable(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -66,7 +92,11 @@ impl IntoResponse for ApiError {
         };
         let message = if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
-            if status == StatusCode::SERVICE_UNAVAILABLE { "the database is unavailable; try again shortly".to_string() } else { "internal error".to_string() }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                "the database is unavailable; try again shortly".to_string()
+            } else {
+                "internal error".to_string()
+            }
         } else {
             self.to_string()
         };

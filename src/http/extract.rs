@@ -14,7 +14,10 @@ pub enum Caller {
     /// An app's backend, by API key.
     App(String),
     /// A page acting for one user of one app, by user token.
-    User { app: String, user: String },
+    User {
+        app: String,
+        user: String,
+    },
 }
 
 impl Caller {
@@ -40,7 +43,9 @@ impl Caller {
     pub fn require_app_or_user(&self, app: &str) -> Result<Option<&str>, ApiError> {
         match self {
             Caller::User { app: a, user } if a == app => Ok(Some(user)),
-            Caller::User { .. } => Err(ApiError::Forbidden("this user token belongs to another app")),
+            Caller::User { .. } => Err(ApiError::Forbidden(
+                "this user token belongs to another app",
+            )),
             other => other.require_backend(app).map(|_| None),
         }
     }
@@ -55,28 +60,43 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("missing Authorization: Bearer <token> header"))?;
+        let header =
+            parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .ok_or(ApiError::Unauthorized(
+                    "missing Authorization: Bearer <token> header",
+                ))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized("Authorization must be Bearer <token>"))?;
+            .ok_or(ApiError::Unauthorized(
+                "Authorization must be Bearer <token>",
+            ))?;
         if state.admin.matches(token) {
             return Ok(Caller::Admin);
         }
         if token.starts_with(crate::service::API_KEY_PREFIX) {
-            return match state.store.app_id_by_key_hash(&crate::secrets::token_hash(token)).await? {
+            return match state
+                .store
+                .app_id_by_key_hash(&crate::secrets::token_hash(token))
+                .await?
+            {
                 Some(app) => Ok(Caller::App(app)),
                 None => Err(ApiError::Unauthorized("unknown API key")),
             };
         }
         match state.user_tokens.verify(token) {
-            Some(claims) => Ok(Caller::User { app: claims.app, user: claims.sub }),
+            Some(claims) => Ok(Caller::User {
+                app: claims.app,
+                user: claims.sub,
+            }),
             None => Err(ApiError::Unauthorized("invalid or expired token")),
         }
     }
@@ -99,16 +119,27 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
         if !is_json {
-            return Err(ApiError::BadJson { field: None, message: "expected Content-Type: application/json".into() });
+            return Err(ApiError::BadJson {
+                field: None,
+                message: "expected Content-Type: application/json".into(),
+            });
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::BadJson { field: None, message: format!("cannot read body: {e}") })?;
+            .map_err(|e| ApiError::BadJson {
+                field: None,
+                message: format!("cannot read body: {e}"),
+            })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
-            let message = e.inner().to_string();
-            ApiError::BadJson { field: field_of(&e.path().to_string(), &message), message }
-        })
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let message = e.inner().to_string();
+                ApiError::BadJson {
+                    field: field_of(&e.path().to_string(), &message),
+                    message,
+                }
+            })
     }
 }
 
@@ -137,12 +168,30 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_fields_are_named() {
-        assert_eq!(field_of(".", "unknown field `titel`, expected one of `title`").as_deref(), Some("titel"));
-        assert_eq!(field_of("to", "missing field `user`").as_deref(), Some("to.user"));
-        assert_eq!(field_of("to.usr", "unknown field `usr`, expected `user`").as_deref(), Some("to.usr"));
-        assert_eq!(field_of("titel", "unknown field `titel`").as_deref(), Some("titel"));
-        assert_eq!(field_of(".", "missing field `title`").as_deref(), Some("title"));
-        assert_eq!(field_of("ttl", "invalid type: string, expected u64").as_deref(), Some("ttl"));
+        assert_eq!(
+            field_of(".", "unknown field `titel`, expected one of `title`").as_deref(),
+            Some("titel")
+        );
+        assert_eq!(
+            field_of("to", "missing field `user`").as_deref(),
+            Some("to.user")
+        );
+        assert_eq!(
+            field_of("to.usr", "unknown field `usr`, expected `user`").as_deref(),
+            Some("to.usr")
+        );
+        assert_eq!(
+            field_of("titel", "unknown field `titel`").as_deref(),
+            Some("titel")
+        );
+        assert_eq!(
+            field_of(".", "missing field `title`").as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            field_of("ttl", "invalid type: string, expected u64").as_deref(),
+            Some("ttl")
+        );
         assert_eq!(field_of(".", "EOF while parsing").as_deref(), None);
     }
 }

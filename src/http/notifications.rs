@@ -13,12 +13,16 @@ use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use super::subscriptions::validate_user;
 use super::AppState;
-use crate::domain::{new_id, now_millis, rfc3339, DeliveryStatus, NewNotification, Payload, Recipients};
+use crate::domain::{
+    new_id, now_millis, rfc3339, DeliveryStatus, NewNotification, Payload, Recipients,
+};
 use crate::store::Accepted;
 use crate::webpush::{ece, ContentEncoding, Ttl, Urgency};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/apps/{app}/notifications", post(send)).route("/apps/{app}/notifications/{id}", get(show))
+    Router::new()
+        .route("/apps/{app}/notifications", post(send))
+        .route("/apps/{app}/notifications/{id}", get(show))
 }
 
 /// A repeated key within this window answers as the first call did.
@@ -57,9 +61,18 @@ struct SendRequest {
 }
 
 fn recipients(to: To) -> Result<Recipients, ApiError> {
-    let given = [to.user.is_some(), to.users.is_some(), to.subscription.is_some(), to.topic.is_some(), to.all.is_some()];
+    let given = [
+        to.user.is_some(),
+        to.users.is_some(),
+        to.subscription.is_some(),
+        to.topic.is_some(),
+        to.all.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ApiError::invalid("to", "to must have exactly one of user, users, subscription, topic, all"));
+        return Err(ApiError::invalid(
+            "to",
+            "to must have exactly one of user, users, subscription, topic, all",
+        ));
     }
     if let Some(u) = to.user {
         validate_user("to.user", &u)?;
@@ -67,7 +80,10 @@ fn recipients(to: To) -> Result<Recipients, ApiError> {
     }
     if let Some(us) = to.users {
         if us.is_empty() || us.len() > MAX_USERS {
-            return Err(ApiError::invalid("to.users", format!("to.users must list 1 to {MAX_USERS} users")));
+            return Err(ApiError::invalid(
+                "to.users",
+                format!("to.users must list 1 to {MAX_USERS} users"),
+            ));
         }
         for (i, u) in us.iter().enumerate() {
             validate_user(&format!("to.users[{i}]"), u)?;
@@ -76,13 +92,19 @@ fn recipients(to: To) -> Result<Recipients, ApiError> {
     }
     if let Some(s) = to.subscription {
         if s.is_empty() {
-            return Err(ApiError::invalid("to.subscription", "to.subscription must be a subscription id"));
+            return Err(ApiError::invalid(
+                "to.subscription",
+                "to.subscription must be a subscription id",
+            ));
         }
         return Ok(Recipients::Subscription(s));
     }
     if let Some(t) = to.topic {
         if t.is_empty() || t.len() > 128 {
-            return Err(ApiError::invalid("to.topic", "to.topic must be 1 to 128 bytes"));
+            return Err(ApiError::invalid(
+                "to.topic",
+                "to.topic must be 1 to 128 bytes",
+            ));
         }
         return Ok(Recipients::Topic(t));
     }
@@ -93,7 +115,12 @@ fn recipients(to: To) -> Result<Recipients, ApiError> {
 }
 
 fn absolute_url(field: &str, value: &str) -> Result<(), ApiError> {
-    let rule = || ApiError::invalid(field, format!("{field} must be an absolute http(s) URL of at most {MAX_URL_LEN} characters"));
+    let rule = || {
+        ApiError::invalid(
+            field,
+            format!("{field} must be an absolute http(s) URL of at most {MAX_URL_LEN} characters"),
+        )
+    };
     if value.len() > MAX_URL_LEN {
         return Err(rule());
     }
@@ -108,12 +135,20 @@ fn image_url(field: &str, value: &str) -> Result<(), ApiError> {
     if value.starts_with('/') && !value.starts_with("//") && value.len() <= MAX_URL_LEN {
         return Ok(());
     }
-    absolute_url(field, value).map_err(|_| ApiError::invalid(field, format!("{field} must be an absolute http(s) URL or a path starting with /")))
+    absolute_url(field, value).map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{field} must be an absolute http(s) URL or a path starting with /"),
+        )
+    })
 }
 
 fn bounded(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.len() > max {
-        return Err(ApiError::invalid(field, format!("{field} must be at most {max} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be at most {max} bytes"),
+        ));
     }
     Ok(())
 }
@@ -131,7 +166,12 @@ async fn send(
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
-            _ => return Err(ApiError::invalid("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                ))
+            }
         },
     };
     let recipients = recipients(req.to)?;
@@ -139,7 +179,11 @@ async fn send(
         return Err(ApiError::invalid("title", "title must not be empty"));
     }
     bounded("title", &req.title, 1024)?;
-    for (field, value) in [("icon", &req.icon), ("badge", &req.badge), ("image", &req.image)] {
+    for (field, value) in [
+        ("icon", &req.icon),
+        ("badge", &req.badge),
+        ("image", &req.image),
+    ] {
         if let Some(v) = value {
             image_url(field, v)?;
         }
@@ -152,28 +196,50 @@ async fn send(
     }
     if let Some(kind) = &req.kind {
         if !matches!(kind.as_str(), "info" | "success" | "warning" | "error") {
-            return Err(ApiError::invalid("type", "type must be one of info, success, warning, error"));
+            return Err(ApiError::invalid(
+                "type",
+                "type must be one of info, success, warning, error",
+            ));
         }
     }
     let ttl = match req.ttl {
         None => Ttl::new(DEFAULT_TTL_SECS),
         // WNS refuses TTL 0, and a push that may only be delivered "now" is
         // rarely what a caller means.
-        Some(0) => return Err(ApiError::invalid("ttl", format!("ttl must be at least 1 second (values above {} are clamped to 28 days)", Ttl::MAX))),
+        Some(0) => {
+            return Err(ApiError::invalid(
+                "ttl",
+                format!(
+                    "ttl must be at least 1 second (values above {} are clamped to 28 days)",
+                    Ttl::MAX
+                ),
+            ))
+        }
         Some(s) => Ttl::new(s),
     };
     let urgency = match req.urgency.as_deref() {
         None => Urgency::Normal,
-        Some(u) => Urgency::parse(u).ok_or_else(|| ApiError::invalid("urgency", "urgency must be one of very-low, low, normal, high"))?,
+        Some(u) => Urgency::parse(u).ok_or_else(|| {
+            ApiError::invalid(
+                "urgency",
+                "urgency must be one of very-low, low, normal, high",
+            )
+        })?,
     };
     if let Some(k) = &req.topic_key {
         if k.is_empty() || k.len() > 256 {
-            return Err(ApiError::invalid("topic_key", "topic_key must be 1 to 256 bytes"));
+            return Err(ApiError::invalid(
+                "topic_key",
+                "topic_key must be 1 to 256 bytes",
+            ));
         }
     }
     if let Recipients::Subscription(id) = &recipients {
         if state.store.subscription_get(&app, id).await?.is_none() {
-            return Err(ApiError::invalid("to.subscription", "no subscription with this id in this app"));
+            return Err(ApiError::invalid(
+                "to.subscription",
+                "no subscription with this id in this app",
+            ));
         }
     }
 
@@ -193,7 +259,8 @@ async fn send(
     let bytes = serde_json::to_vec(&payload).map_err(|e| ApiError::Internal(e.to_string()))?;
     // The smaller of the two encodings' limits, so the notification fits
     // every subscriber whatever its browser.
-    let max = ece::max_plaintext(ContentEncoding::Aes128gcm).min(ece::max_plaintext(ContentEncoding::Aesgcm));
+    let max = ece::max_plaintext(ContentEncoding::Aes128gcm)
+        .min(ece::max_plaintext(ContentEncoding::Aesgcm));
     if bytes.len() > max {
         return Err(ApiError::PayloadTooLarge {
             field: "body",
@@ -211,21 +278,44 @@ async fn send(
         topic_key: req.topic_key,
         created_at: now_millis(),
     };
-    let (id, deliveries, replayed) = match state.store.notification_create(&notification, idempotency_key.as_deref(), IDEMPOTENCY_WINDOW_MS).await? {
+    let (id, deliveries, replayed) = match state
+        .store
+        .notification_create(
+            &notification,
+            idempotency_key.as_deref(),
+            IDEMPOTENCY_WINDOW_MS,
+        )
+        .await?
+    {
         Accepted::Created { id, deliveries } => (id, deliveries, false),
         Accepted::Replayed { id, deliveries } => (id, deliveries, true),
     };
     if deliveries > 0 && !replayed {
         state.queue.wake();
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "deliveries": deliveries }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "deliveries": deliveries })),
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path((app, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_backend(&app)?;
     existing(&state, &app).await?;
-    let (n, rows) = state.store.notification_get(&app, &id).await?.ok_or(ApiError::NotFound("no notification with this id"))?;
-    let count = |s: &[DeliveryStatus]| rows.iter().filter(|r| s.iter().any(|s| s.as_str() == r.status)).count();
+    let (n, rows) = state
+        .store
+        .notification_get(&app, &id)
+        .await?
+        .ok_or(ApiError::NotFound("no notification with this id"))?;
+    let count = |s: &[DeliveryStatus]| {
+        rows.iter()
+            .filter(|r| s.iter().any(|s| s.as_str() == r.status))
+            .count()
+    };
     let pending = count(&[DeliveryStatus::Pending, DeliveryStatus::InFlight]);
     Ok(Json(json!({
         "id": n.id,

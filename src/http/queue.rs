@@ -47,20 +47,39 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid("status", "status must be one of pending, in_flight, delivered, failed, gone, expired")
+            ApiError::invalid(
+                "status",
+                "status must be one of pending, in_flight, delivered, failed, gone, expired",
+            )
         })?),
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "limit must be between 1 and 1000"));
+        return Err(ApiError::invalid(
+            "limit",
+            "limit must be between 1 and 1000",
+        ));
     }
-    let rows = state.store.queue_list(&QueueFilter { app: q.app.filter(|a| !a.is_empty()), status, limit }).await?;
-    Ok(Json(json!({ "deliveries": rows.iter().map(queue_json).collect::<Vec<_>>() })))
+    let rows = state
+        .store
+        .queue_list(&QueueFilter {
+            app: q.app.filter(|a| !a.is_empty()),
+            status,
+            limit,
+        })
+        .await?;
+    Ok(Json(
+        json!({ "deliveries": rows.iter().map(queue_json).collect::<Vec<_>>() }),
+    ))
 }
 
 async fn push(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
@@ -77,9 +96,15 @@ async fn force(State(state): State<AppState>, caller: Caller) -> Result<Json<Val
     Ok(Json(json!({ "forced": forced })))
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, Path(delivery): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(delivery): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let id: i64 = delivery.parse().map_err(|_| ApiError::invalid("delivery", "delivery must be a numeric delivery id"))?;
+    let id: i64 = delivery
+        .parse()
+        .map_err(|_| ApiError::invalid("delivery", "delivery must be a numeric delivery id"))?;
     match state.store.queue_remove(id).await? {
         0 => Err(ApiError::NotFound("no delivery with this id")),
         n => Ok(Json(json!({ "removed": n }))),
@@ -91,7 +116,11 @@ struct ClearQuery {
     app: Option<String>,
 }
 
-async fn clear(State(state): State<AppState>, caller: Caller, Query(q): Query<ClearQuery>) -> Result<Json<Value>, ApiError> {
+async fn clear(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ClearQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let app = q.app.filter(|a| !a.is_empty());
     if let Some(a) = &app {

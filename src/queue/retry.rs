@@ -35,7 +35,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { base: Duration::from_secs(2), max: Duration::from_secs(60), max_attempts: 5 }
+        RetryPolicy {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+            max_attempts: 5,
+        }
     }
 
     #[test]
@@ -43,11 +47,20 @@ mod tests {
         let p = policy();
         for _ in 0..200 {
             let first = p.backoff(1);
-            assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2), "{first:?}");
+            assert!(
+                first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+                "{first:?}"
+            );
             let third = p.backoff(3);
-            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8), "{third:?}");
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
             let late = p.backoff(40);
-            assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(60), "{late:?}");
+            assert!(
+                late >= Duration::from_secs(30) && late <= Duration::from_secs(60),
+                "{late:?}"
+            );
         }
     }
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::domain::{now_millis, Millis};
 use crate::secrets::MasterKey;
 use crate::store::{AppRow, Claimed, Disposition, Store};
-use crate::webpush::{self, ece, AllowedHosts, AuthSecret, ContentEncoding, Endpoint, Outcome, P256dh, PushOptions, TopicKey, Ttl, Urgency, VapidSigner, Vendor};
+use crate::webpush::{
+    self, ece, AllowedHosts, AuthSecret, ContentEncoding, Endpoint, Outcome, P256dh, PushOptions,
+    TopicKey, Ttl, Urgency, VapidSigner, Vendor,
+};
 
 use super::retry::RetryPolicy;
 use crate::metrics::{Metrics, VendorLabel};
@@ -44,52 +47,104 @@ pub struct Decision {
 }
 
 impl Sender {
-    pub fn new(client: reqwest::Client, allowed: AllowedHosts, store: Store, master: MasterKey, policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
-        Sender { client, allowed, store, master, policy, metrics, signers: RwLock::new(HashMap::new()) }
+    pub fn new(
+        client: reqwest::Client,
+        allowed: AllowedHosts,
+        store: Store,
+        master: MasterKey,
+        policy: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Sender {
+            client,
+            allowed,
+            store,
+            master,
+            policy,
+            metrics,
+            signers: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Drops a cached signer (after a contact change or regeneration here).
     pub fn forget_app(&self, app_id: &str) {
-        self.signers.write().expect("signer cache lock").remove(app_id);
+        self.signers
+            .write()
+            .expect("signer cache lock")
+            .remove(app_id);
     }
 
     async fn signer(&self, c: &Claimed) -> Result<Arc<VapidSigner>, String> {
-        if let Some(cached) = self.signers.read().expect("signer cache lock").get(&c.app_id) {
+        if let Some(cached) = self
+            .signers
+            .read()
+            .expect("signer cache lock")
+            .get(&c.app_id)
+        {
             if cached.generation == c.vapid_generation && cached.contact == c.contact {
                 return Ok(cached.signer.clone());
             }
         }
-        let app = self.store.app_get(&c.app_id).await.map_err(|e| format!("loading app: {e}"))?.ok_or("app no longer exists")?;
+        let app = self
+            .store
+            .app_get(&c.app_id)
+            .await
+            .map_err(|e| format!("loading app: {e}"))?
+            .ok_or("app no longer exists")?;
         let signer = Arc::new(self.build_signer(&app)?);
         self.signers.write().expect("signer cache lock").insert(
             app.id.clone(),
-            CachedSigner { generation: app.vapid_generation, contact: app.contact.clone(), signer: signer.clone() },
+            CachedSigner {
+                generation: app.vapid_generation,
+                contact: app.contact.clone(),
+                signer: signer.clone(),
+            },
         );
         Ok(signer)
     }
 
     fn build_signer(&self, app: &AppRow) -> Result<VapidSigner, String> {
-        let der = self.master.open(&app.id, &app.vapid_private_sealed).map_err(|e| e.to_string())?;
-        let key = webpush::VapidKey::from_pkcs8(&der).map_err(|e| format!("stored VAPID key: {e}"))?;
-        let contact = webpush::Contact::parse(&app.contact).map_err(|e| format!("app contact: {e}"))?;
+        let der = self
+            .master
+            .open(&app.id, &app.vapid_private_sealed)
+            .map_err(|e| e.to_string())?;
+        let key =
+            webpush::VapidKey::from_pkcs8(&der).map_err(|e| format!("stored VAPID key: {e}"))?;
+        let contact =
+            webpush::Contact::parse(&app.contact).map_err(|e| format!("app contact: {e}"))?;
         Ok(VapidSigner::new(key, Some(contact)))
     }
 
     /// Sends one delivery and decides what happens to it.
     pub async fn deliver(&self, c: &Claimed) -> Decision {
         let now = now_millis();
-        let vendor_label = VendorLabel { vendor: c.vendor.clone() };
-        self.metrics.queue_wait.get_or_create(&vendor_label).observe((now - c.created_at).max(0) as f64 / 1000.0);
+        let vendor_label = VendorLabel {
+            vendor: c.vendor.clone(),
+        };
+        self.metrics
+            .queue_wait
+            .get_or_create(&vendor_label)
+            .observe((now - c.created_at).max(0) as f64 / 1000.0);
         if c.expires_at <= now {
             return self.finish(c, Disposition::Expired { error: None }, None);
         }
         let Some(target) = &c.target else {
-            return self.finish(c, Disposition::Gone { error: "subscription was removed".into() }, None);
+            return self.finish(
+                c,
+                Disposition::Gone {
+                    error: "subscription was removed".into(),
+                },
+                None,
+            );
         };
         let prepared = match self.prepare(c, target).await {
             Ok(p) => p,
-            Err(Prepared::Failed(e)) => return self.finish(c, Disposition::Failed { error: e }, None),
-            Err(Prepared::Config(e)) => return self.finish(c, Disposition::Failed { error: e.clone() }, Some(e)),
+            Err(Prepared::Failed(e)) => {
+                return self.finish(c, Disposition::Failed { error: e }, None)
+            }
+            Err(Prepared::Config(e)) => {
+                return self.finish(c, Disposition::Failed { error: e.clone() }, Some(e))
+            }
         };
         let (endpoint, request) = prepared;
         let vendor = Vendor::of(&endpoint);
@@ -103,7 +158,10 @@ impl Sender {
             }
             Err(e) => webpush::vendor::classify_transport_error(&e),
         };
-        self.metrics.delivery_latency.get_or_create(&vendor_label).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .delivery_latency
+            .get_or_create(&vendor_label)
+            .observe(started.elapsed().as_secs_f64());
         let now = now_millis();
         let reason = classified.reason.clone();
         let attempts = c.attempts as u32 + 1;
@@ -112,63 +170,140 @@ impl Sender {
             Outcome::Gone | Outcome::KeyMismatch => (Disposition::Gone { error: reason }, None),
             Outcome::RateLimited { retry_after } => {
                 let wait = retry_after.unwrap_or_else(|| self.policy.backoff(attempts));
-                (self.retry_or_expire(c, now, wait, reason, false, false), None)
+                (
+                    self.retry_or_expire(c, now, wait, reason, false, false),
+                    None,
+                )
             }
-            Outcome::Retry if self.policy.may_retry(attempts) => {
-                (self.retry_or_expire(c, now, self.policy.backoff(attempts), reason, true, false), None)
+            Outcome::Retry if self.policy.may_retry(attempts) => (
+                self.retry_or_expire(c, now, self.policy.backoff(attempts), reason, true, false),
+                None,
+            ),
+            Outcome::Retry => (
+                Disposition::Failed {
+                    error: format!("{reason} (gave up after {attempts} attempts)"),
+                },
+                None,
+            ),
+            Outcome::RetryWithoutTopic if !c.without_topic => (
+                self.retry_or_expire(c, now, Duration::ZERO, reason, true, true),
+                None,
+            ),
+            Outcome::RetryWithoutTopic | Outcome::Failed => {
+                (Disposition::Failed { error: reason }, None)
             }
-            Outcome::Retry => (Disposition::Failed { error: format!("{reason} (gave up after {attempts} attempts)") }, None),
-            Outcome::RetryWithoutTopic if !c.without_topic => (self.retry_or_expire(c, now, Duration::ZERO, reason, true, true), None),
-            Outcome::RetryWithoutTopic | Outcome::Failed => (Disposition::Failed { error: reason }, None),
-            Outcome::ConfigError => (Disposition::Failed { error: reason.clone() }, Some(reason)),
+            Outcome::ConfigError => (
+                Disposition::Failed {
+                    error: reason.clone(),
+                },
+                Some(reason),
+            ),
         };
         self.finish(c, disposition, config_error)
     }
 
-    fn retry_or_expire(&self, c: &Claimed, now: Millis, wait: Duration, error: String, used_attempt: bool, without_topic: bool) -> Disposition {
+    fn retry_or_expire(
+        &self,
+        c: &Claimed,
+        now: Millis,
+        wait: Duration,
+        error: String,
+        used_attempt: bool,
+        without_topic: bool,
+    ) -> Disposition {
         let at = now + wait.as_millis() as Millis;
         // Never send late: a retry due after the TTL would be dropped by the
         // push service anyway, or worse, shown out of context.
         if at >= c.expires_at {
             return Disposition::Expired { error: Some(error) };
         }
-        Disposition::Retry { at, error, used_attempt, without_topic }
+        Disposition::Retry {
+            at,
+            error,
+            used_attempt,
+            without_topic,
+        }
     }
 
-    fn finish(&self, c: &Claimed, disposition: Disposition, config_error: Option<String>) -> Decision {
+    fn finish(
+        &self,
+        c: &Claimed,
+        disposition: Disposition,
+        config_error: Option<String>,
+    ) -> Decision {
         let label = match &disposition {
             Disposition::Delivered { .. } => "delivered",
             Disposition::Gone { .. } => "gone",
             Disposition::Failed { .. } => "failed",
             Disposition::Expired { .. } => "expired",
             Disposition::Retry { .. } => {
-                self.metrics.retries.get_or_create(&VendorLabel { vendor: c.vendor.clone() }).inc();
+                self.metrics
+                    .retries
+                    .get_or_create(&VendorLabel {
+                        vendor: c.vendor.clone(),
+                    })
+                    .inc();
                 ""
             }
         };
         if !label.is_empty() {
             self.metrics.outcome(&c.vendor, label);
         }
-        Decision { disposition, config_error }
+        Decision {
+            disposition,
+            config_error,
+        }
     }
 
-    async fn prepare(&self, c: &Claimed, target: &crate::store::Target) -> Result<(Endpoint, reqwest::RequestBuilder), Prepared> {
+    async fn prepare(
+        &self,
+        c: &Claimed,
+        target: &crate::store::Target,
+    ) -> Result<(Endpoint, reqwest::RequestBuilder), Prepared> {
         // The allow-list is checked again at send time: configuration may
         // have narrowed since the subscription was stored.
-        let endpoint = Endpoint::parse(&target.endpoint, &self.allowed).map_err(|e| Prepared::Failed(format!("endpoint refused: {e}")))?;
-        let p256dh = P256dh(target.p256dh.as_slice().try_into().map_err(|_| Prepared::Failed("stored p256dh is corrupt".into()))?);
-        let auth = AuthSecret(target.auth.as_slice().try_into().map_err(|_| Prepared::Failed("stored auth secret is corrupt".into()))?);
-        let encoding = ContentEncoding::parse(&target.content_encoding).unwrap_or(ContentEncoding::Aes128gcm);
-        let encrypted = ece::encrypt(&p256dh, &auth, &c.payload, encoding).map_err(|e| Prepared::Failed(e.to_string()))?;
+        let endpoint = Endpoint::parse(&target.endpoint, &self.allowed)
+            .map_err(|e| Prepared::Failed(format!("endpoint refused: {e}")))?;
+        let p256dh = P256dh(
+            target
+                .p256dh
+                .as_slice()
+                .try_into()
+                .map_err(|_| Prepared::Failed("stored p256dh is corrupt".into()))?,
+        );
+        let auth = AuthSecret(
+            target
+                .auth
+                .as_slice()
+                .try_into()
+                .map_err(|_| Prepared::Failed("stored auth secret is corrupt".into()))?,
+        );
+        let encoding =
+            ContentEncoding::parse(&target.content_encoding).unwrap_or(ContentEncoding::Aes128gcm);
+        let encrypted = ece::encrypt(&p256dh, &auth, &c.payload, encoding)
+            .map_err(|e| Prepared::Failed(e.to_string()))?;
         let signer = self.signer(c).await.map_err(Prepared::Config)?;
-        let authorization = signer.authorization(&endpoint).map_err(|e| Prepared::Config(e.to_string()))?;
+        let authorization = signer
+            .authorization(&endpoint)
+            .map_err(|e| Prepared::Config(e.to_string()))?;
         let remaining_secs = ((c.expires_at - now_millis()).max(1000) / 1000) as u64;
         let opts = PushOptions {
             ttl: Ttl::new(remaining_secs.min(c.ttl_secs.max(1) as u64)),
             urgency: Urgency::parse(&c.urgency).unwrap_or_default(),
-            topic: if c.without_topic { None } else { c.topic_key.as_deref().map(TopicKey::new) },
+            topic: if c.without_topic {
+                None
+            } else {
+                c.topic_key.as_deref().map(TopicKey::new)
+            },
         };
-        let request = webpush::request::build(&self.client, &endpoint, encrypted, &opts, &authorization, &signer.public_key_base64());
+        let request = webpush::request::build(
+            &self.client,
+            &endpoint,
+            encrypted,
+            &opts,
+            &authorization,
+            &signer.public_key_base64(),
+        );
         Ok((endpoint, request))
     }
 }

@@ -5,14 +5,21 @@
 //! claim's read-then-update cannot interleave with another writer. Reads use a
 //! separate pool and run concurrently thanks to WAL mode.
 //!
-//! `synchronous = FULL`: a notification answered 202 survives power loss, not
-//! only a process crash.
+//! Durability is chosen per transaction. Everything the API acknowledges
+//! (apps, subscriptions, a notification answered 202) commits with
+//! `synchronous = FULL` and survives power loss. Claims and outcome writes
+//! commit with `NORMAL`: losing the last of them in a power cut only means a
+//! delivery is sent again, which at-least-once delivery allows, and it keeps
+//! an fsync out of the path between a 202 and the push.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::*;
 use crate::domain::{new_id, Recipients};
@@ -39,12 +46,20 @@ impl SqliteStore {
             .pragma("cache_size", "-16000");
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
         }
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         MIGRATOR.run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(options.read_only(true)).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
         Ok(SqliteStore { writer, reader })
     }
 
@@ -75,18 +90,37 @@ impl SqliteStore {
     }
 
     pub async fn app_get(&self, id: &str) -> Result<Option<AppRow>> {
-        Ok(sqlx::query("SELECT * FROM apps WHERE id = ?").bind(id).fetch_optional(&self.reader).await?.map(|r| app_row(&r)))
+        Ok(sqlx::query("SELECT * FROM apps WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+            .map(|r| app_row(&r)))
     }
 
     pub async fn app_list(&self) -> Result<Vec<AppRow>> {
-        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at").fetch_all(&self.reader).await?.iter().map(app_row).collect())
+        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at")
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(app_row)
+            .collect())
     }
 
     pub async fn app_id_by_key_hash(&self, hash: &[u8]) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM apps WHERE api_key_hash = ?").bind(hash).fetch_optional(&self.reader).await?)
+        Ok(
+            sqlx::query_scalar("SELECT id FROM apps WHERE api_key_hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
-    pub async fn app_update(&self, id: &str, contact: Option<&str>, max_concurrency: Option<i64>) -> Result<Option<AppRow>> {
+    pub async fn app_update(
+        &self,
+        id: &str,
+        contact: Option<&str>,
+        max_concurrency: Option<i64>,
+    ) -> Result<Option<AppRow>> {
         let row = sqlx::query(
             "UPDATE apps SET contact = COALESCE(?, contact), max_concurrency = COALESCE(?, max_concurrency),
                  last_config_error = CASE WHEN ? IS NOT NULL THEN NULL ELSE last_config_error END
@@ -101,7 +135,12 @@ impl SqliteStore {
         Ok(row.map(|r| app_row(&r)))
     }
 
-    pub async fn app_set_config_error(&self, id: &str, error: Option<&str>, at: Millis) -> Result<()> {
+    pub async fn app_set_config_error(
+        &self,
+        id: &str,
+        error: Option<&str>,
+        at: Millis,
+    ) -> Result<()> {
         sqlx::query("UPDATE apps SET last_config_error = ?, last_config_error_at = ? WHERE id = ?")
             .bind(error)
             .bind(error.map(|_| at))
@@ -111,7 +150,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn app_regenerate(&self, id: &str, public_key: &str, sealed_private: &[u8]) -> Result<Option<(u64, u64)>> {
+    pub async fn app_regenerate(
+        &self,
+        id: &str,
+        public_key: &str,
+        sealed_private: &[u8],
+    ) -> Result<Option<(u64, u64)>> {
         let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE apps SET vapid_public_key = ?, vapid_private_sealed = ?, vapid_generation = vapid_generation + 1,
@@ -125,18 +169,34 @@ impl SqliteStore {
         if updated.rows_affected() == 0 {
             return Ok(None);
         }
-        let deliveries = sqlx::query(&format!("DELETE FROM deliveries WHERE app_id = ? AND status IN {QUEUED}")).bind(id).execute(&mut *tx).await?;
-        let subs = sqlx::query("DELETE FROM subscriptions WHERE app_id = ?").bind(id).execute(&mut *tx).await?;
+        let deliveries = sqlx::query(&format!(
+            "DELETE FROM deliveries WHERE app_id = ? AND status IN {QUEUED}"
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let subs = sqlx::query("DELETE FROM subscriptions WHERE app_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some((subs.rows_affected(), deliveries.rows_affected())))
     }
 
     // ---- subscriptions -------------------------------------------------
 
-    pub async fn subscription_upsert(&self, s: &NewSubscription, now: Millis) -> Result<(String, bool)> {
+    pub async fn subscription_upsert(
+        &self,
+        s: &NewSubscription,
+        now: Millis,
+    ) -> Result<(String, bool)> {
         let mut tx = self.writer.begin().await?;
         let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = ? AND endpoint = ?").bind(&s.app_id).bind(&s.endpoint).fetch_optional(&mut *tx).await?;
+            sqlx::query_scalar("SELECT id FROM subscriptions WHERE app_id = ? AND endpoint = ?")
+                .bind(&s.app_id)
+                .bind(&s.endpoint)
+                .fetch_optional(&mut *tx)
+                .await?;
         let topics = serde_json::to_string(&s.topics).expect("strings serialise");
         let (id, created) = match existing {
             Some(id) => {
@@ -152,7 +212,10 @@ impl SqliteStore {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM subscription_topics WHERE subscription_id = ?").bind(&id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM subscription_topics WHERE subscription_id = ?")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
                 (id, false)
             }
             None => {
@@ -190,7 +253,11 @@ impl SqliteStore {
         Ok((id, created))
     }
 
-    pub async fn subscription_list(&self, app_id: &str, user: Option<&str>) -> Result<Vec<SubscriptionRow>> {
+    pub async fn subscription_list(
+        &self,
+        app_id: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<SubscriptionRow>> {
         let rows = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND (? IS NULL OR user_id = ?) ORDER BY created_at")
             .bind(app_id)
             .bind(user)
@@ -200,28 +267,56 @@ impl SqliteStore {
         rows.iter().map(subscription_row).collect()
     }
 
-    pub async fn subscription_get(&self, app_id: &str, id: &str) -> Result<Option<SubscriptionRow>> {
-        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND id = ?").bind(app_id).bind(id).fetch_optional(&self.reader).await?;
-        row.as_ref().map(subscription_row).transpose()
-    }
-
-    pub async fn subscription_by_endpoint(&self, app_id: &str, endpoint: &str) -> Result<Option<SubscriptionRow>> {
-        let row =
-            sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND endpoint = ?").bind(app_id).bind(endpoint).fetch_optional(&self.reader).await?;
-        row.as_ref().map(subscription_row).transpose()
-    }
-
-    pub async fn subscription_delete(&self, app_id: &str, id: &str, user: Option<&str>) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
-        let deleted = sqlx::query("DELETE FROM subscriptions WHERE app_id = ? AND id = ? AND (? IS NULL OR user_id = ?)")
+    pub async fn subscription_get(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRow>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND id = ?")
             .bind(app_id)
             .bind(id)
-            .bind(user)
-            .bind(user)
-            .execute(&mut *tx)
+            .fetch_optional(&self.reader)
             .await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_by_endpoint(
+        &self,
+        app_id: &str,
+        endpoint: &str,
+    ) -> Result<Option<SubscriptionRow>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND endpoint = ?")
+            .bind(app_id)
+            .bind(endpoint)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_delete(
+        &self,
+        app_id: &str,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM subscriptions WHERE app_id = ? AND id = ? AND (? IS NULL OR user_id = ?)",
+        )
+        .bind(app_id)
+        .bind(id)
+        .bind(user)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
         if deleted.rows_affected() > 0 {
-            mark_queued_gone(&mut tx, id, "subscription deleted", crate::domain::now_millis()).await?;
+            mark_queued_gone(
+                &mut tx,
+                id,
+                "subscription deleted",
+                crate::domain::now_millis(),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
@@ -229,7 +324,12 @@ impl SqliteStore {
 
     // ---- notifications -------------------------------------------------
 
-    pub async fn notification_create(&self, n: &NewNotification, idempotency_key: Option<&str>, window_ms: i64) -> Result<Accepted> {
+    pub async fn notification_create(
+        &self,
+        n: &NewNotification,
+        idempotency_key: Option<&str>,
+        window_ms: i64,
+    ) -> Result<Accepted> {
         let mut tx = self.writer.begin().await?;
         if let Some(key) = idempotency_key {
             let seen = sqlx::query("SELECT notification_id, deliveries, created_at FROM idempotency_keys WHERE app_id = ? AND key = ?")
@@ -239,9 +339,16 @@ impl SqliteStore {
                 .await?;
             if let Some(row) = seen {
                 if row.get::<i64, _>("created_at") > n.created_at - window_ms {
-                    return Ok(Accepted::Replayed { id: row.get("notification_id"), deliveries: row.get::<i64, _>("deliveries") as u64 });
+                    return Ok(Accepted::Replayed {
+                        id: row.get("notification_id"),
+                        deliveries: row.get::<i64, _>("deliveries") as u64,
+                    });
                 }
-                sqlx::query("DELETE FROM idempotency_keys WHERE app_id = ? AND key = ?").bind(&n.app_id).bind(key).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM idempotency_keys WHERE app_id = ? AND key = ?")
+                    .bind(&n.app_id)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         sqlx::query(
@@ -265,9 +372,15 @@ impl SqliteStore {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
         );
-        q.push_bind(&n.id).push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
-        q.push_bind(n.created_at).push(", ").push_bind(n.expires_at()).push(", ").push_bind(n.created_at);
-        q.push(" FROM subscriptions s WHERE s.app_id = ").push_bind(&n.app_id);
+        q.push_bind(&n.id)
+            .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
+        q.push_bind(n.created_at)
+            .push(", ")
+            .push_bind(n.expires_at())
+            .push(", ")
+            .push_bind(n.created_at);
+        q.push(" FROM subscriptions s WHERE s.app_id = ")
+            .push_bind(&n.app_id);
         match &n.recipients {
             Recipients::User(u) => {
                 q.push(" AND s.user_id = ").push_bind(u);
@@ -284,11 +397,13 @@ impl SqliteStore {
                 q.push(" AND s.id = ").push_bind(id);
             }
             Recipients::Topic(t) => {
-                q.push(" AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ")
-                    .push_bind(&n.app_id)
-                    .push(" AND topic = ")
-                    .push_bind(t)
-                    .push(")");
+                q.push(
+                    " AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ",
+                )
+                .push_bind(&n.app_id)
+                .push(" AND topic = ")
+                .push_bind(t)
+                .push(")");
             }
             Recipients::All => {}
         }
@@ -305,10 +420,17 @@ impl SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(Accepted::Created { id: n.id.clone(), deliveries })
+        Ok(Accepted::Created {
+            id: n.id.clone(),
+            deliveries,
+        })
     }
 
-    pub async fn notification_get(&self, app_id: &str, id: &str) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
+    pub async fn notification_get(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
         let Some(row) = sqlx::query("SELECT id, app_id, title, created_at, expires_at FROM notifications WHERE app_id = ? AND id = ?")
             .bind(app_id)
             .bind(id)
@@ -324,14 +446,70 @@ impl SqliteStore {
             created_at: row.get("created_at"),
             expires_at: row.get("expires_at"),
         };
-        let rows = sqlx::query(&format!("{QUEUE_SELECT} WHERE d.notification_id = ? ORDER BY d.id")).bind(id).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&format!(
+            "{QUEUE_SELECT} WHERE d.notification_id = ? ORDER BY d.id"
+        ))
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
         Ok(Some((n, rows.iter().map(queue_row).collect())))
     }
 
     // ---- the delivery queue -------------------------------------------
 
-    pub async fn deliveries_claim(&self, now: Millis, lease_until: Millis, limit: u32) -> Result<Vec<Claimed>> {
-        let mut tx = self.writer.begin().await?;
+    /// The writer, switched to `synchronous = NORMAL` for a claim or an
+    /// outcome write. Hand it back with [`restore_synced`].
+    async fn relaxed_writer(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
+    pub async fn deliveries_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let mut conn = self.relaxed_writer().await?;
+        let out = claim(&mut conn, now, lease_until, limit).await;
+        restore_synced(conn).await;
+        out
+    }
+
+    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.relaxed_writer().await?;
+        let out = record(&mut conn, outcomes, now).await;
+        restore_synced(conn).await;
+        out
+    }
+}
+
+/// Puts the writer back to FULL; if that fails the connection is closed
+/// rather than left to commit acknowledged work unsynced.
+async fn restore_synced(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
+    if sqlx::query("PRAGMA synchronous = FULL")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        conn.close_on_drop();
+    }
+}
+
+async fn claim(
+    conn: &mut sqlx::SqliteConnection,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    {
+        let mut tx = conn.begin().await?;
         // Room per app: max_concurrency minus its unexpired leases.
         let rooms: Vec<(String, i64)> = sqlx::query_as(
             "SELECT a.id, a.max_concurrency - (SELECT count(*) FROM deliveries d
@@ -393,86 +571,114 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(rows.iter().map(claimed_row).collect())
     }
+}
 
-    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
+/// Every outcome is this one statement. It is fenced by `(id, claims)`: a
+/// worker whose lease ran out and was re-claimed must not overwrite the newer
+/// attempt's result.
+const RECORD_OUTCOME: &str = "UPDATE deliveries SET status = ?1, attempts = attempts + ?2,
+        last_error = CASE WHEN ?3 THEN last_error ELSE ?4 END,
+        next_attempt_at = COALESCE(?5, next_attempt_at), without_topic = without_topic OR ?6,
+        finished_at = ?7, lease_until = NULL
+    WHERE id = ?8 AND claims = ?9 AND status = 'in_flight'";
+
+/// How a disposition changes a delivery row.
+struct RowChange<'a> {
+    status: &'static str,
+    used_attempt: bool,
+    keep_error: bool,
+    error: Option<&'a str>,
+    next_attempt_at: Option<Millis>,
+    without_topic: bool,
+    finished_at: Option<Millis>,
+}
+
+fn row_change(d: &Disposition, now: Millis) -> RowChange<'_> {
+    fn finished<'a>(
+        status: &'static str,
+        error: Option<&'a str>,
+        used_attempt: bool,
+        now: Millis,
+    ) -> RowChange<'a> {
+        RowChange {
+            status,
+            used_attempt,
+            keep_error: false,
+            error,
+            next_attempt_at: None,
+            without_topic: false,
+            finished_at: Some(now),
         }
-        let mut tx = self.writer.begin().await?;
-        for o in outcomes {
-            // Every write is fenced by (id, claims): a worker whose lease ran
-            // out and was re-claimed must not overwrite the newer attempt.
-            let fence = "WHERE id = ? AND claims = ? AND status = 'in_flight'";
-            let done = match &o.disposition {
-                Disposition::Delivered { at } => {
-                    sqlx::query(&format!("UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL, finished_at = ?, lease_until = NULL {fence}"))
-                        .bind(*at)
-                        .bind(o.id)
-                        .bind(o.claims)
-                        .execute(&mut *tx)
-                        .await?
-                }
-                Disposition::Retry { at, error, used_attempt, without_topic } => {
-                    sqlx::query(&format!(
-                        "UPDATE deliveries SET status = 'pending', attempts = attempts + ?, last_error = ?, next_attempt_at = ?,
-                             without_topic = without_topic OR ?, lease_until = NULL {fence}"
-                    ))
-                    .bind(*used_attempt as i64)
-                    .bind(error)
-                    .bind(*at)
-                    .bind(*without_topic)
-                    .bind(o.id)
-                    .bind(o.claims)
-                    .execute(&mut *tx)
-                    .await?
-                }
-                Disposition::Gone { error } => {
-                    let r = sqlx::query(&format!(
-                        "UPDATE deliveries SET status = 'gone', attempts = attempts + 1, last_error = ?, finished_at = ?, lease_until = NULL {fence}"
-                    ))
-                    .bind(error)
-                    .bind(now)
-                    .bind(o.id)
-                    .bind(o.claims)
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() > 0 {
-                        sqlx::query("DELETE FROM subscriptions WHERE id = ?").bind(&o.subscription_id).execute(&mut *tx).await?;
-                        mark_queued_gone(&mut tx, &o.subscription_id, error, now).await?;
-                    }
-                    r
-                }
-                Disposition::Failed { error } => {
-                    sqlx::query(&format!(
-                        "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ?, finished_at = ?, lease_until = NULL {fence}"
-                    ))
-                    .bind(error)
-                    .bind(now)
-                    .bind(o.id)
-                    .bind(o.claims)
-                    .execute(&mut *tx)
-                    .await?
-                }
-                Disposition::Expired { error } => {
-                    sqlx::query(&format!(
-                        "UPDATE deliveries SET status = 'expired', last_error = COALESCE(?, last_error), finished_at = ?, lease_until = NULL {fence}"
-                    ))
-                        .bind(error)
-                        .bind(now)
-                        .bind(o.id)
-                        .bind(o.claims)
-                        .execute(&mut *tx)
-                        .await?
-                }
-            };
-            if done.rows_affected() == 0 {
-                tracing::debug!(delivery = o.id, claims = o.claims, "outcome of a stale claim ignored");
-            }
-        }
-        tx.commit().await?;
-        Ok(())
     }
+    match d {
+        Disposition::Delivered { at } => RowChange {
+            finished_at: Some(*at),
+            ..finished("delivered", None, true, now)
+        },
+        Disposition::Retry {
+            at,
+            error,
+            used_attempt,
+            without_topic,
+        } => RowChange {
+            status: "pending",
+            used_attempt: *used_attempt,
+            keep_error: false,
+            error: Some(error),
+            next_attempt_at: Some(*at),
+            without_topic: *without_topic,
+            finished_at: None,
+        },
+        Disposition::Gone { error } => finished("gone", Some(error), true, now),
+        Disposition::Failed { error } => finished("failed", Some(error), true, now),
+        // Nothing was sent: no attempt used; keep the last attempt's reason
+        // unless this one brought a newer one.
+        Disposition::Expired { error } => RowChange {
+            keep_error: error.is_none(),
+            ..finished("expired", error.as_deref(), false, now)
+        },
+    }
+}
 
+async fn record(
+    conn: &mut sqlx::SqliteConnection,
+    outcomes: &[Recorded],
+    now: Millis,
+) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    for o in outcomes {
+        let c = row_change(&o.disposition, now);
+        let done = sqlx::query(RECORD_OUTCOME)
+            .bind(c.status)
+            .bind(c.used_attempt as i64)
+            .bind(c.keep_error)
+            .bind(c.error)
+            .bind(c.next_attempt_at)
+            .bind(c.without_topic)
+            .bind(c.finished_at)
+            .bind(o.id)
+            .bind(o.claims)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tracing::debug!(
+                delivery = o.id,
+                claims = o.claims,
+                "outcome of a stale claim ignored"
+            );
+        } else if let Disposition::Gone { error } = &o.disposition {
+            sqlx::query("DELETE FROM subscriptions WHERE id = ?")
+                .bind(&o.subscription_id)
+                .execute(&mut *tx)
+                .await?;
+            mark_queued_gone(&mut tx, &o.subscription_id, error, now).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl SqliteStore {
     pub async fn queue_next_due(&self) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT min(due) FROM (
@@ -506,10 +712,12 @@ impl SqliteStore {
     }
 
     pub async fn queue_due_count(&self, now: Millis) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?")
-            .bind(now)
-            .fetch_one(&self.reader)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
         Ok(n as u64)
     }
 
@@ -524,15 +732,21 @@ impl SqliteStore {
     }
 
     pub async fn queue_remove(&self, id: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM deliveries WHERE id = ?").bind(id).execute(&self.writer).await?.rows_affected())
-    }
-
-    pub async fn queue_clear(&self, app_id: Option<&str>) -> Result<u64> {
-        Ok(sqlx::query(&format!("DELETE FROM deliveries WHERE status IN {QUEUED} AND (?1 IS NULL OR app_id = ?1)"))
-            .bind(app_id)
+        Ok(sqlx::query("DELETE FROM deliveries WHERE id = ?")
+            .bind(id)
             .execute(&self.writer)
             .await?
             .rows_affected())
+    }
+
+    pub async fn queue_clear(&self, app_id: Option<&str>) -> Result<u64> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM deliveries WHERE status IN {QUEUED} AND (?1 IS NULL OR app_id = ?1)"
+        ))
+        .bind(app_id)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 
     pub async fn vendor_stats(&self) -> Result<Vec<VendorStats>> {
@@ -562,19 +776,31 @@ impl SqliteStore {
 
     pub async fn purge_finished(&self, before: Millis) -> Result<u64> {
         let mut tx = self.writer.begin().await?;
-        let d = sqlx::query("DELETE FROM deliveries WHERE finished_at IS NOT NULL AND finished_at < ?").bind(before).execute(&mut *tx).await?;
+        let d =
+            sqlx::query("DELETE FROM deliveries WHERE finished_at IS NOT NULL AND finished_at < ?")
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM notifications WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id)")
             .bind(before)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?").bind(before).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(d.rows_affected())
     }
 }
 
 /// A dead subscription's queued deliveries will never arrive: mark them gone.
-async fn mark_queued_gone(tx: &mut sqlx::Transaction<'_, Sqlite>, subscription_id: &str, error: &str, now: Millis) -> Result<()> {
+async fn mark_queued_gone(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    subscription_id: &str,
+    error: &str,
+    now: Millis,
+) -> Result<()> {
     sqlx::query(&format!(
         "UPDATE deliveries SET status = 'gone', last_error = ?, finished_at = ?, lease_until = NULL
          WHERE subscription_id = ? AND status IN {QUEUED}"
@@ -637,7 +863,8 @@ fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
         vendor: r.get("vendor"),
         auth: r.get("auth"),
         content_encoding: r.get("content_encoding"),
-        topics: serde_json::from_str(&topics).map_err(|e| StoreError::Corrupt(format!("subscription topics: {e}")))?,
+        topics: serde_json::from_str(&topics)
+            .map_err(|e| StoreError::Corrupt(format!("subscription topics: {e}")))?,
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
