@@ -455,3 +455,22 @@ async fn app_settings_are_validated() {
         "the API key is shown only at creation"
     );
 }
+
+#[tokio::test]
+async fn pages_on_another_origin_may_call_the_api_with_a_bearer_token() {
+    let f = fixture().await;
+    let resp = f
+        .app
+        .http
+        .request(Method::OPTIONS, format!("{}{}", f.app.base, f.subs()))
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let allowed = resp.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+}

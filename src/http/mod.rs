@@ -38,9 +38,28 @@ pub struct AppState {
     pub app_concurrency: u32,
 }
 
+/// Pages on an app's own origin call the API with a user token, so the API
+/// answers cross-origin requests. Every credential is a bearer token sent
+/// explicitly, never a cookie, so allowing any origin exposes nothing.
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
 pub fn router(state: AppState, static_dir: &std::path::Path) -> Router {
     Router::new()
-        .nest("/api/v1", apps::router().merge(subscriptions::router()).merge(notifications::router()).merge(queue::router()))
+        .nest(
+            "/api/v1",
+            apps::router()
+                .merge(subscriptions::router())
+                .merge(notifications::router())
+                .merge(queue::router())
+                .layer(cors()),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(pages::router(static_dir))
@@ -50,8 +69,16 @@ pub fn router(state: AppState, static_dir: &std::path::Path) -> Router {
 /// Up when the database answers; 503 (and says so) while it does not.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "database": state.store.backend()}))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "database": state.store.backend(), "error": e.to_string()}))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "database": state.store.backend()})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "degraded", "database": state.store.backend(), "error": e.to_string()}),
+            ),
+        ),
     }
 }
 
@@ -60,5 +87,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.queued.set(c.pending);
     }
     state.metrics.in_flight.set(state.queue.in_flight() as i64);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
