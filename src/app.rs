@@ -33,26 +33,52 @@ pub fn load_master_key(s: &Settings) -> anyhow::Result<MasterKey> {
     if let Some(k) = &s.master_key {
         return MasterKey::from_base64(k).context("HERALD_MASTER_KEY");
     }
-    let path = s.master_key_file.clone().unwrap_or_else(|| s.keys_dir.join("master.key"));
+    let path = s
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| s.keys_dir.join("master.key"));
     if s.is_postgres() && s.master_key_file.is_none() && !path.exists() {
         bail!(
             "PostgreSQL deployments share one master key between all instances: set HERALD_MASTER_KEY \
              (base64 of 32 bytes; `herald keys generate` prints one) or HERALD_MASTER_KEY_FILE"
         );
     }
-    let (key, created) = MasterKey::load_or_create(&path, !s.is_postgres()).with_context(|| format!("master key {}", path.display()))?;
+    let (key, created) = MasterKey::load_or_create(&path, !s.is_postgres())
+        .with_context(|| format!("master key {}", path.display()))?;
     if created {
         tracing::info!(path = %path.display(), "created a new master key; back it up: without it sealed VAPID keys cannot be opened");
     }
     Ok(key)
 }
 
+/// The admin token: from configuration, else the token file. Only SQLite may
+/// create one: every instance sharing PostgreSQL must accept the same token,
+/// so there it comes from `HERALD_ADMIN_TOKEN` or a file the operator shares
+/// (`HERALD_ADMIN_TOKEN_FILE`).
 pub fn load_admin_token(s: &Settings) -> anyhow::Result<AdminToken> {
-    match &s.admin_token {
-        Some(t) if t.len() >= 16 => Ok(AdminToken::from_value(t)),
-        Some(_) => bail!("HERALD_ADMIN_TOKEN must be at least 16 characters"),
-        None => AdminToken::load_or_create(&s.keys_dir.join("admin-token")).context("admin token"),
+    let checked = |t: &str| {
+        if t.trim().len() >= 16 {
+            Ok(AdminToken::from_value(t))
+        } else {
+            bail!("the admin token must be at least 16 characters")
+        }
+    };
+    if let Some(t) = &s.admin_token {
+        return checked(t).context("HERALD_ADMIN_TOKEN");
     }
+    if let Some(path) = &s.admin_token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("admin token file {}", path.display()))?;
+        return checked(&text).with_context(|| format!("admin token file {}", path.display()));
+    }
+    let path = s.keys_dir.join("admin-token");
+    if s.is_postgres() && !path.exists() {
+        bail!(
+            "PostgreSQL deployments share one admin token between all instances: set HERALD_ADMIN_TOKEN \
+             (at least 16 characters) or HERALD_ADMIN_TOKEN_FILE"
+        );
+    }
+    AdminToken::load_or_create(&path).context("admin token")
 }
 
 pub fn allowed_hosts(s: &Settings) -> AllowedHosts {
@@ -72,8 +98,11 @@ pub fn push_client(s: &Settings) -> anyhow::Result<reqwest::Client> {
         .tcp_nodelay(true)
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
     for path in &s.extra_ca_files {
-        let pem = std::fs::read(path).with_context(|| format!("extra CA file {}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("extra CA file {}", path.display()))? {
+        let pem =
+            std::fs::read(path).with_context(|| format!("extra CA file {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("extra CA file {}", path.display()))?
+        {
             b = b.add_root_certificate(cert);
         }
     }
@@ -95,9 +124,13 @@ impl Application {
         let master = load_master_key(&settings)?;
         let admin = load_admin_token(&settings)?;
         let new_admin_token = admin.created.clone();
-        let store = Store::connect(&settings.database_url, settings.db_max_connections, settings.db_statement_timeout_ms)
-            .await
-            .with_context(|| format!("opening database {}", redact(&settings.database_url)))?;
+        let store = Store::connect(
+            &settings.database_url,
+            settings.db_max_connections,
+            settings.db_statement_timeout_ms,
+        )
+        .await
+        .with_context(|| format!("opening database {}", redact(&settings.database_url)))?;
         let metrics = Arc::new(Metrics::default());
         let allowed = allowed_hosts(&settings);
         let policy = RetryPolicy {
@@ -105,7 +138,14 @@ impl Application {
             max: Duration::from_millis(settings.retry_max_ms),
             max_attempts: settings.max_attempts,
         };
-        let sender = Arc::new(Sender::new(push_client(&settings)?, allowed.clone(), store.clone(), master.clone(), policy, metrics.clone()));
+        let sender = Arc::new(Sender::new(
+            push_client(&settings)?,
+            allowed.clone(),
+            store.clone(),
+            master.clone(),
+            policy,
+            metrics.clone(),
+        ));
         let queue = Queue::new(
             store.clone(),
             sender,
@@ -125,12 +165,23 @@ impl Application {
             app_concurrency: settings.app_concurrency,
         };
         let router = http::router(state, &settings.static_dir);
-        let listener = tokio::net::TcpListener::bind(settings.bind).await.with_context(|| format!("binding {}", settings.bind))?;
-        Ok(Application { listener, router, queue, stop: CancellationToken::new(), new_admin_token, store })
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
+        Ok(Application {
+            listener,
+            router,
+            queue,
+            stop: CancellationToken::new(),
+            new_admin_token,
+            store,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -143,11 +194,21 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        // Work stored through other instances wakes this one's queue too.
+        let queue = self.queue.clone();
+        let wakeups = self
+            .store
+            .subscribe_wakeups(Arc::new(move || queue.wake()), self.stop.clone());
         let workers = tokio::spawn(self.queue.clone().run(self.stop.clone()));
         let stop = self.stop.clone();
-        axum::serve(self.listener, self.router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
         self.stop.cancel();
         let _ = workers.await;
+        if let Some(w) = wakeups {
+            let _ = w.await;
+        }
         Ok(())
     }
 }

@@ -12,7 +12,12 @@
 //! - outcome writes are fenced by `(id, claims)`: a stale worker changes nothing;
 //! - per-app `max_concurrency` bounds the unexpired leases of an app.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{DeliveryStatus, Millis, NewNotification};
 
@@ -74,9 +79,15 @@ pub struct SubscriptionRow {
 /// Result of storing a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    Created { id: String, deliveries: u64 },
+    Created {
+        id: String,
+        deliveries: u64,
+    },
     /// The idempotency key was seen within 24 h: the first answer, nothing new queued.
-    Replayed { id: String, deliveries: u64 },
+    Replayed {
+        id: String,
+        deliveries: u64,
+    },
 }
 
 /// One delivery handed to a worker, with everything needed to send it.
@@ -122,14 +133,27 @@ pub struct Recorded {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
-    Delivered { at: Millis },
+    Delivered {
+        at: Millis,
+    },
     /// Back to pending. `used_attempt` is false for rate limits.
-    Retry { at: Millis, error: String, used_attempt: bool, without_topic: bool },
+    Retry {
+        at: Millis,
+        error: String,
+        used_attempt: bool,
+        without_topic: bool,
+    },
     /// The subscription is dead: delete it and mark its other pending deliveries gone.
-    Gone { error: String },
-    Failed { error: String },
+    Gone {
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
     /// The TTL ran out; `error` is the last attempt's reason, if there was one.
-    Expired { error: Option<String> },
+    Expired {
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -187,6 +211,7 @@ pub struct QueueCounts {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Forwards a method to the backend in use.
@@ -198,6 +223,7 @@ macro_rules! delegate {
                 pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match self {
                         Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(s) => s.$name($($arg),*).await,
                     }
                 }
             )*
@@ -207,17 +233,45 @@ macro_rules! delegate {
 
 impl Store {
     /// Opens the database named by the URL and brings its schema up to date.
-    pub async fn connect(url: &str, max_connections: u32, statement_timeout_ms: u64) -> Result<Store> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        statement_timeout_ms: u64,
+    ) -> Result<Store> {
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(sqlite::SqliteStore::connect(url, max_connections, statement_timeout_ms).await?))
+            Ok(Store::Sqlite(
+                sqlite::SqliteStore::connect(url, max_connections, statement_timeout_ms).await?,
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(
+                postgres::PgStore::connect(url, max_connections, statement_timeout_ms).await?,
+            ))
         } else {
-            Err(StoreError::Corrupt(format!("unsupported database URL {url}")))
+            Err(StoreError::Corrupt(format!(
+                "unsupported database URL {url}"
+            )))
         }
     }
 
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Work stored by other instances sharing the database: calls `on_wake`
+    /// whenever any instance announces claimable work (PostgreSQL
+    /// LISTEN/NOTIFY), until `stop`. `None` on SQLite, where one process owns
+    /// the database and wakes its queue itself.
+    pub fn subscribe_wakeups(
+        &self,
+        on_wake: Arc<dyn Fn() + Send + Sync>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.subscribe_wakeups(on_wake, stop)),
         }
     }
 }

@@ -1,0 +1,1024 @@
+//! PostgreSQL backend: several Herald instances share one database and so one
+//! queue.
+//!
+//! What changes against SQLite, and why:
+//! - Claims run per app in a short transaction that first locks the app row
+//!   (`FOR NO KEY UPDATE`, which does not block inserts referencing the app),
+//!   then counts the app's unexpired leases and claims at most the remaining
+//!   room with `FOR UPDATE SKIP LOCKED`. The app lock serialises claimers of
+//!   one app across every instance, so `max_concurrency` holds for all of them
+//!   together; the count runs as its own statement after the lock is held, so
+//!   under READ COMMITTED it sees every claim committed before.
+//! - Idempotency keys are claimed with `INSERT … ON CONFLICT`: the primary key
+//!   decides between two instances racing on one key, and the loser replays the
+//!   winner's answer.
+//! - Work that other instances should see at once (a send, a force, a raised
+//!   `max_concurrency`, a recorded retry) is announced with one `pg_notify` in
+//!   the same transaction; [`PgStore::subscribe_wakeups`] listens and wakes the
+//!   local queue. The payload is the schema, so deployments sharing a database
+//!   in different schemas do not wake each other.
+//! - `statement_timeout` is set on every connection; a pool connection is
+//!   checked before use, so after a database restart Herald reconnects by
+//!   itself.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::domain::{new_id, Recipients};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel every instance listens on; the payload names the schema.
+pub const WAKE_CHANNEL: &str = "herald_wake";
+
+/// How long a request waits for a pool connection before failing (and
+/// `/healthz` reporting the database as down).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `/healthz` answers within this, database up or not.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A safety net under the notifications: a claim at least this often even
+/// when nothing was announced, so work can never wait on a wake-up that was
+/// lost between instances (for instance the leases of an instance that died
+/// right after another one looked at the queue).
+const SAFETY_WAKE: Duration = Duration::from_secs(30);
+
+const QUEUED: &str = "('pending', 'in_flight')";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    /// `current_schema()` of the connections: the notification payload.
+    schema: Arc<str>,
+}
+
+impl PgStore {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        statement_timeout_ms: u64,
+    ) -> Result<Self> {
+        let mut options =
+            PgConnectOptions::from_str(url)?.options([("statement_timeout", statement_timeout_ms)]);
+        if options.get_application_name().is_none() {
+            options = options.application_name("herald");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .connect_with(options.clone())
+            .await?;
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        let Some(schema) = schema else {
+            return Err(StoreError::Corrupt(
+                "the search_path names no existing schema: create the schema first".into(),
+            ));
+        };
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore {
+            pool,
+            options,
+            schema: schema.into(),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await
+        {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Listens for work announced by any instance and calls `on_wake` for
+    /// each announcement, once after every (re)connection (announcements may
+    /// have been missed meanwhile), and every [`SAFETY_WAKE`]. Runs until
+    /// `stop` is cancelled; a lost connection is re-established with backoff.
+    pub fn subscribe_wakeups(
+        &self,
+        on_wake: Arc<dyn Fn() + Send + Sync>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let options = self.options.clone().application_name(&format!(
+            "{}-listener",
+            self.options.get_application_name().unwrap_or("herald")
+        ));
+        let schema = self.schema.clone();
+        tokio::spawn(async move {
+            // Its own pool of one: the listening connection is held for good
+            // and must not take a connection from the request pool.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(options);
+            let mut backoff = Duration::from_millis(100);
+            while !stop.is_cancelled() {
+                match listen(&pool, &schema, on_wake.as_ref(), &stop).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "listening for queue wake-ups failed; reconnecting")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    // ---- apps ----------------------------------------------------------
+
+    pub async fn app_insert(&self, a: &AppRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO apps (id, name, contact, api_key_hash, vapid_public_key, vapid_private_sealed, vapid_generation, max_concurrency, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.contact)
+        .bind(&a.api_key_hash)
+        .bind(&a.vapid_public_key)
+        .bind(&a.vapid_private_sealed)
+        .bind(a.vapid_generation)
+        .bind(a.max_concurrency)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn app_get(&self, id: &str) -> Result<Option<AppRow>> {
+        Ok(sqlx::query("SELECT * FROM apps WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| app_row(&r)))
+    }
+
+    pub async fn app_list(&self) -> Result<Vec<AppRow>> {
+        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(app_row)
+            .collect())
+    }
+
+    pub async fn app_id_by_key_hash(&self, hash: &[u8]) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM apps WHERE api_key_hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn app_update(
+        &self,
+        id: &str,
+        contact: Option<&str>,
+        max_concurrency: Option<i64>,
+    ) -> Result<Option<AppRow>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE apps SET contact = COALESCE($1, contact), max_concurrency = COALESCE($2, max_concurrency),
+                 last_config_error = CASE WHEN $1::text IS NOT NULL THEN NULL ELSE last_config_error END
+             WHERE id = $3 RETURNING *",
+        )
+        .bind(contact)
+        .bind(max_concurrency)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A raised (or unchanged) limit may make held work claimable on any instance.
+        if row.is_some() && max_concurrency.is_some_and(|m| m > 0) {
+            self.announce(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(row.map(|r| app_row(&r)))
+    }
+
+    pub async fn app_set_config_error(
+        &self,
+        id: &str,
+        error: Option<&str>,
+        at: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE apps SET last_config_error = $1, last_config_error_at = $2 WHERE id = $3",
+        )
+        .bind(error)
+        .bind(error.map(|_| at))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn app_regenerate(
+        &self,
+        id: &str,
+        public_key: &str,
+        sealed_private: &[u8],
+    ) -> Result<Option<(u64, u64)>> {
+        let mut tx = self.pool.begin().await?;
+        // Takes the app row lock first, as claims do: the two never deadlock,
+        // and no claim of this app runs between the key change and the delete.
+        let updated = sqlx::query(
+            "UPDATE apps SET vapid_public_key = $1, vapid_private_sealed = $2, vapid_generation = vapid_generation + 1,
+                 last_config_error = NULL, last_config_error_at = NULL WHERE id = $3",
+        )
+        .bind(public_key)
+        .bind(sealed_private)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let deliveries = sqlx::query(&format!(
+            "DELETE FROM deliveries WHERE app_id = $1 AND status IN {QUEUED}"
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let subs = sqlx::query("DELETE FROM subscriptions WHERE app_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((subs.rows_affected(), deliveries.rows_affected())))
+    }
+
+    // ---- subscriptions -------------------------------------------------
+
+    pub async fn subscription_upsert(
+        &self,
+        s: &NewSubscription,
+        now: Millis,
+    ) -> Result<(String, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let topics = serde_json::to_string(&s.topics).expect("strings serialise");
+        // One statement, so two instances storing the same endpoint at once
+        // end with one row. `xmax = 0` tells an inserted row from an updated one.
+        let row = sqlx::query(
+            "INSERT INTO subscriptions (id, app_id, user_id, endpoint, endpoint_host, vendor, p256dh, auth, content_encoding, topics, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+             ON CONFLICT (app_id, endpoint) DO UPDATE SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
+                 content_encoding = EXCLUDED.content_encoding, topics = EXCLUDED.topics, updated_at = EXCLUDED.updated_at
+             RETURNING id, (xmax = 0) AS created",
+        )
+        .bind(new_id())
+        .bind(&s.app_id)
+        .bind(&s.user_id)
+        .bind(&s.endpoint)
+        .bind(&s.endpoint_host)
+        .bind(&s.vendor)
+        .bind(&s.p256dh)
+        .bind(&s.auth)
+        .bind(&s.content_encoding)
+        .bind(&topics)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: String = row.get("id");
+        let created: bool = row.get("created");
+        if !created {
+            sqlx::query("DELETE FROM subscription_topics WHERE subscription_id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !s.topics.is_empty() {
+            sqlx::query(
+                "INSERT INTO subscription_topics (app_id, topic, subscription_id) SELECT $1, t, $2 FROM unnest($3::text[]) AS t
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&s.app_id)
+            .bind(&id)
+            .bind(&s.topics)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((id, created))
+    }
+
+    pub async fn subscription_list(
+        &self,
+        app_id: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<SubscriptionRow>> {
+        let rows = sqlx::query("SELECT * FROM subscriptions WHERE app_id = $1 AND ($2::text IS NULL OR user_id = $2) ORDER BY created_at, id")
+            .bind(app_id)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(subscription_row).collect()
+    }
+
+    pub async fn subscription_get(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRow>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = $1 AND id = $2")
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_by_endpoint(
+        &self,
+        app_id: &str,
+        endpoint: &str,
+    ) -> Result<Option<SubscriptionRow>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE app_id = $1 AND endpoint = $2")
+            .bind(app_id)
+            .bind(endpoint)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(subscription_row).transpose()
+    }
+
+    pub async fn subscription_delete(
+        &self,
+        app_id: &str,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM subscriptions WHERE app_id = $1 AND id = $2 AND ($3::text IS NULL OR user_id = $3)")
+            .bind(app_id)
+            .bind(id)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() > 0 {
+            mark_queued_gone(
+                &mut tx,
+                id,
+                "subscription deleted",
+                crate::domain::now_millis(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    // ---- notifications -------------------------------------------------
+
+    pub async fn notification_create(
+        &self,
+        n: &NewNotification,
+        idempotency_key: Option<&str>,
+        window_ms: i64,
+    ) -> Result<Accepted> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency_key {
+            // Claim the key first. A fresh key of another request (on any
+            // instance) makes this insert wait for that transaction, then do
+            // nothing: that answer is replayed. A key older than the window is
+            // taken over.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (app_id, key, notification_id, deliveries, created_at) VALUES ($1, $2, $3, 0, $4)
+                 ON CONFLICT (app_id, key) DO UPDATE SET notification_id = EXCLUDED.notification_id, deliveries = 0, created_at = EXCLUDED.created_at
+                     WHERE idempotency_keys.created_at <= $5
+                 RETURNING 1",
+            )
+            .bind(&n.app_id)
+            .bind(key)
+            .bind(&n.id)
+            .bind(n.created_at)
+            .bind(n.created_at - window_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_none() {
+                let (id, deliveries): (String, i64) = sqlx::query_as("SELECT notification_id, deliveries FROM idempotency_keys WHERE app_id = $1 AND key = $2")
+                    .bind(&n.app_id)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                return Ok(Accepted::Replayed {
+                    id,
+                    deliveries: deliveries as u64,
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&n.id)
+        .bind(&n.app_id)
+        .bind(&n.title)
+        .bind(&n.payload)
+        .bind(n.ttl_secs as i64)
+        .bind(&n.urgency)
+        .bind(&n.topic_key)
+        .bind(n.created_at)
+        .bind(n.expires_at())
+        .execute(&mut *tx)
+        .await?;
+
+        // Fan-out is one INSERT … SELECT, as on SQLite.
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
+        );
+        q.push_bind(&n.id)
+            .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
+        q.push_bind(n.created_at)
+            .push(", ")
+            .push_bind(n.expires_at())
+            .push(", ")
+            .push_bind(n.created_at);
+        q.push(" FROM subscriptions s WHERE s.app_id = ")
+            .push_bind(&n.app_id);
+        match &n.recipients {
+            Recipients::User(u) => {
+                q.push(" AND s.user_id = ").push_bind(u);
+            }
+            Recipients::Users(us) => {
+                q.push(" AND s.user_id = ANY(").push_bind(us).push(")");
+            }
+            Recipients::Subscription(id) => {
+                q.push(" AND s.id = ").push_bind(id);
+            }
+            Recipients::Topic(t) => {
+                q.push(
+                    " AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ",
+                )
+                .push_bind(&n.app_id)
+                .push(" AND topic = ")
+                .push_bind(t)
+                .push(")");
+            }
+            Recipients::All => {}
+        }
+        let deliveries = q.build().execute(&mut *tx).await?.rows_affected();
+
+        if let Some(key) = idempotency_key {
+            sqlx::query(
+                "UPDATE idempotency_keys SET deliveries = $1 WHERE app_id = $2 AND key = $3",
+            )
+            .bind(deliveries as i64)
+            .bind(&n.app_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if deliveries > 0 {
+            self.announce(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted::Created {
+            id: n.id.clone(),
+            deliveries,
+        })
+    }
+
+    pub async fn notification_get(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
+        let Some(row) = sqlx::query("SELECT id, app_id, title, created_at, expires_at FROM notifications WHERE app_id = $1 AND id = $2")
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let n = NotificationRow {
+            id: row.get("id"),
+            app_id: row.get("app_id"),
+            title: row.get("title"),
+            created_at: row.get("created_at"),
+            expires_at: row.get("expires_at"),
+        };
+        let rows = sqlx::query(&format!(
+            "{QUEUE_SELECT} WHERE d.notification_id = $1 ORDER BY d.id"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((n, rows.iter().map(queue_row).collect())))
+    }
+
+    // ---- the delivery queue -------------------------------------------
+
+    pub async fn deliveries_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        // Apps with something claimable, read without locks; each is then
+        // claimed in its own short transaction under its row lock.
+        let apps: Vec<String> = sqlx::query_scalar(
+            "SELECT a.id FROM apps a WHERE a.max_concurrency > 0 AND (
+                 EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'pending' AND d.next_attempt_at <= $1)
+                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until <= $1))
+             ORDER BY a.id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        let mut budget = limit as i64;
+        for app_id in apps {
+            if budget <= 0 {
+                break;
+            }
+            let got = self.claim_app(&app_id, now, lease_until, budget).await?;
+            budget -= got.len() as i64;
+            claimed.extend(got);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_app(
+        &self,
+        app_id: &str,
+        now: Millis,
+        lease_until: Millis,
+        budget: i64,
+    ) -> Result<Vec<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        // Serialises claimers of this app across instances. NO KEY UPDATE does
+        // not conflict with the key-share locks of inserts referencing the app.
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT max_concurrency FROM apps WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(app_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(max) = max else {
+            return Ok(Vec::new());
+        };
+        // A statement of its own, started after the lock is held: its snapshot
+        // includes every claim committed by the previous holder.
+        let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE app_id = $1 AND status = 'in_flight' AND lease_until > $2")
+            .bind(app_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let take = (max - leased).min(budget);
+        if take <= 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        // Due pending work first, then leases that ran out (a crashed worker's).
+        // SKIP LOCKED passes over rows an outcome write or an admin action holds.
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT id, next_attempt_at AS due FROM deliveries
+                     WHERE app_id = $1 AND status = 'pending' AND next_attempt_at <= $2
+                     ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED
+             ), lapsed AS (
+                 SELECT id, lease_until AS due FROM deliveries
+                     WHERE app_id = $1 AND status = 'in_flight' AND lease_until <= $2
+                     ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED
+             ), picked AS (
+                 SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) u ORDER BY due LIMIT $4
+             ), claimed AS (
+                 UPDATE deliveries d SET status = 'in_flight', lease_until = $3, claims = d.claims + 1, sent_at = $2
+                 FROM picked WHERE d.id = picked.id
+                 RETURNING d.*
+             )
+             SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor, d.without_topic, d.expires_at, d.created_at,
+                    n.payload, n.ttl_secs, n.urgency, n.topic_key, a.vapid_generation, a.contact,
+                    s.endpoint, s.p256dh, s.auth, s.content_encoding
+             FROM claimed d JOIN notifications n ON n.id = d.notification_id
+             JOIN apps a ON a.id = d.app_id
+             LEFT JOIN subscriptions s ON s.id = d.subscription_id
+             ORDER BY d.id",
+        )
+        .bind(app_id)
+        .bind(now)
+        .bind(lease_until)
+        .bind(take)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(claimed_row).collect())
+    }
+
+    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut retried = false;
+        let mut i = 0;
+        while i < outcomes.len() {
+            // Consecutive successes, the common case, are one statement.
+            let run = outcomes[i..]
+                .iter()
+                .take_while(|o| matches!(o.disposition, Disposition::Delivered { .. }))
+                .count();
+            if run > 0 {
+                let batch = &outcomes[i..i + run];
+                let ids: Vec<i64> = batch.iter().map(|o| o.id).collect();
+                let claims: Vec<i64> = batch.iter().map(|o| o.claims).collect();
+                let ats: Vec<i64> = batch
+                    .iter()
+                    .map(|o| {
+                        if let Disposition::Delivered { at } = o.disposition {
+                            at
+                        } else {
+                            unreachable!()
+                        }
+                    })
+                    .collect();
+                // Fenced by (id, claims), as every outcome write.
+                sqlx::query(
+                    "UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, last_error = NULL, finished_at = u.at, lease_until = NULL
+                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, claims, at)
+                     WHERE d.id = u.id AND d.claims = u.claims AND d.status = 'in_flight'",
+                )
+                .bind(&ids)
+                .bind(&claims)
+                .bind(&ats)
+                .execute(&mut *tx)
+                .await?;
+                i += run;
+                continue;
+            }
+            let o = &outcomes[i];
+            i += 1;
+            let fence = "WHERE id = $1 AND claims = $2 AND status = 'in_flight'";
+            let done = match &o.disposition {
+                Disposition::Delivered { .. } => unreachable!("handled above"),
+                Disposition::Retry { at, error, used_attempt, without_topic } => {
+                    retried = true;
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'pending', attempts = attempts + $3, last_error = $4, next_attempt_at = $5,
+                             without_topic = without_topic OR $6, lease_until = NULL {fence}"
+                    ))
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .bind(*used_attempt as i64)
+                    .bind(error)
+                    .bind(*at)
+                    .bind(*without_topic)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                Disposition::Gone { error } => {
+                    let r = sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'gone', attempts = attempts + 1, last_error = $3, finished_at = $4, lease_until = NULL {fence}"
+                    ))
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() > 0 {
+                        sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(&o.subscription_id).execute(&mut *tx).await?;
+                        mark_queued_gone(&mut tx, &o.subscription_id, error, now).await?;
+                    }
+                    r
+                }
+                Disposition::Failed { error } => {
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = $3, finished_at = $4, lease_until = NULL {fence}"
+                    ))
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                Disposition::Expired { error } => {
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'expired', last_error = COALESCE($3, last_error), finished_at = $4, lease_until = NULL {fence}"
+                    ))
+                    .bind(o.id)
+                    .bind(o.claims)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                }
+            };
+            if done.rows_affected() == 0 {
+                tracing::debug!(
+                    delivery = o.id,
+                    claims = o.claims,
+                    "outcome of a stale claim ignored"
+                );
+            }
+        }
+        // Other instances plan their sleep from the due times they last saw:
+        // a new retry time must reach them too.
+        if retried {
+            self.announce(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn queue_next_due(&self) -> Result<Option<Millis>> {
+        // Per app through the partial indexes, not a scan of the queue.
+        Ok(sqlx::query_scalar(
+            "SELECT min(x.due) FROM apps a CROSS JOIN LATERAL (
+                 (SELECT next_attempt_at AS due FROM deliveries WHERE app_id = a.id AND status = 'pending' ORDER BY next_attempt_at LIMIT 1)
+                 UNION ALL
+                 (SELECT lease_until FROM deliveries WHERE app_id = a.id AND status = 'in_flight' ORDER BY lease_until LIMIT 1)
+             ) x WHERE a.max_concurrency > 0",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn queue_list(&self, f: &QueueFilter) -> Result<Vec<QueueRow>> {
+        let rows = sqlx::query(&format!(
+            "{QUEUE_SELECT} WHERE ($1::text IS NULL OR d.app_id = $1) AND ($2::text IS NULL OR d.status = $2) ORDER BY d.id DESC LIMIT $3"
+        ))
+        .bind(f.app.as_deref())
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(queue_row).collect())
+    }
+
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let (pending, in_flight): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'in_flight') FROM deliveries WHERE status IN ('pending', 'in_flight')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueCounts { pending, in_flight })
+    }
+
+    pub async fn queue_due_count(&self, now: Millis) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn queue_force(&self, now: Millis) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE deliveries SET next_attempt_at = $1 WHERE status = 'pending' AND next_attempt_at > $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let due: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let forced = (due as u64).max(r.rows_affected());
+        if forced > 0 {
+            self.announce(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(forced)
+    }
+
+    pub async fn queue_remove(&self, id: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM deliveries WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn queue_clear(&self, app_id: Option<&str>) -> Result<u64> {
+        // Instances delivering these meanwhile record nothing: their writes
+        // are fenced on rows that no longer exist.
+        Ok(sqlx::query(&format!(
+            "DELETE FROM deliveries WHERE status IN {QUEUED} AND ($1::text IS NULL OR app_id = $1)"
+        ))
+        .bind(app_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn vendor_stats(&self) -> Result<Vec<VendorStats>> {
+        let rows = sqlx::query(
+            "SELECT vendor,
+                    count(*) FILTER (WHERE status = 'delivered') AS delivered, count(*) FILTER (WHERE status = 'failed') AS failed,
+                    count(*) FILTER (WHERE status = 'gone') AS gone, count(*) FILTER (WHERE status = 'expired') AS expired,
+                    avg(sent_at - created_at) FILTER (WHERE status = 'delivered')::float8 AS wait,
+                    avg(finished_at - sent_at) FILTER (WHERE status = 'delivered')::float8 AS took
+             FROM deliveries GROUP BY vendor ORDER BY vendor",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| VendorStats {
+                vendor: r.get("vendor"),
+                delivered: r.get("delivered"),
+                failed: r.get("failed"),
+                gone: r.get("gone"),
+                expired: r.get("expired"),
+                avg_queue_wait_ms: r.get("wait"),
+                avg_delivery_ms: r.get("took"),
+            })
+            .collect())
+    }
+
+    pub async fn purge_finished(&self, before: Millis) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let d = sqlx::query(
+            "DELETE FROM deliveries WHERE finished_at IS NOT NULL AND finished_at < $1",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM notifications WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id)")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(d.rows_affected())
+    }
+
+    /// Tells every instance's listener that work may be claimable, when this
+    /// transaction commits (and not at all if it rolls back).
+    async fn announce(&self, tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(&*self.schema)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// One listening session: returns `Ok` when stopped, `Err` when the
+/// connection failed in a way the listener could not mend by itself.
+async fn listen(
+    pool: &PgPool,
+    schema: &str,
+    on_wake: &(dyn Fn() + Send + Sync),
+    stop: &CancellationToken,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(WAKE_CHANNEL).await?;
+    tracing::debug!("listening for queue wake-ups");
+    // Announcements made while not listening are lost: look once.
+    on_wake();
+    let mut safety = tokio::time::interval(SAFETY_WAKE);
+    safety.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = safety.tick() => on_wake(),
+            got = listener.try_recv() => match got? {
+                Some(n) => {
+                    if n.payload() == schema {
+                        on_wake();
+                    }
+                }
+                // The connection was lost and has been re-established.
+                None => {
+                    tracing::info!("reconnected the wake-up listener");
+                    on_wake();
+                }
+            },
+        }
+    }
+}
+
+/// A dead subscription's queued deliveries will never arrive: mark them gone.
+async fn mark_queued_gone(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    subscription_id: &str,
+    error: &str,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "UPDATE deliveries SET status = 'gone', last_error = $1, finished_at = $2, lease_until = NULL
+         WHERE subscription_id = $3 AND status IN {QUEUED}"
+    ))
+    .bind(error)
+    .bind(now)
+    .bind(subscription_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const QUEUE_SELECT: &str = "SELECT d.id, d.app_id, d.notification_id, d.subscription_id, d.user_id, n.title, d.endpoint_host, d.vendor,
+        d.attempts, d.last_error, d.status, d.created_at, d.next_attempt_at, d.finished_at
+    FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
+
+fn queue_row(r: &PgRow) -> QueueRow {
+    QueueRow {
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        notification_id: r.get("notification_id"),
+        subscription_id: r.get("subscription_id"),
+        user_id: r.get("user_id"),
+        title: r.get("title"),
+        endpoint_host: r.get("endpoint_host"),
+        vendor: r.get("vendor"),
+        attempts: r.get("attempts"),
+        last_error: r.get("last_error"),
+        status: r.get("status"),
+        created_at: r.get("created_at"),
+        next_attempt_at: r.get("next_attempt_at"),
+        finished_at: r.get("finished_at"),
+    }
+}
+
+fn app_row(r: &PgRow) -> AppRow {
+    AppRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        contact: r.get("contact"),
+        api_key_hash: r.get("api_key_hash"),
+        vapid_public_key: r.get("vapid_public_key"),
+        vapid_private_sealed: r.get("vapid_private_sealed"),
+        vapid_generation: r.get("vapid_generation"),
+        max_concurrency: r.get("max_concurrency"),
+        last_config_error: r.get("last_config_error"),
+        last_config_error_at: r.get("last_config_error_at"),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn subscription_row(r: &PgRow) -> Result<SubscriptionRow> {
+    let topics: String = r.get("topics");
+    Ok(SubscriptionRow {
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        user_id: r.get("user_id"),
+        endpoint: r.get("endpoint"),
+        endpoint_host: r.get("endpoint_host"),
+        vendor: r.get("vendor"),
+        auth: r.get("auth"),
+        content_encoding: r.get("content_encoding"),
+        topics: serde_json::from_str(&topics)
+            .map_err(|e| StoreError::Corrupt(format!("subscription topics: {e}")))?,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+fn claimed_row(r: &PgRow) -> Claimed {
+    let endpoint: Option<String> = r.get("endpoint");
+    Claimed {
+        id: r.get("id"),
+        claims: r.get("claims"),
+        attempts: r.get("attempts"),
+        app_id: r.get("app_id"),
+        vapid_generation: r.get("vapid_generation"),
+        contact: r.get("contact"),
+        notification_id: r.get("notification_id"),
+        subscription_id: r.get("subscription_id"),
+        vendor: r.get("vendor"),
+        target: endpoint.map(|endpoint| Target {
+            endpoint,
+            p256dh: r.get("p256dh"),
+            auth: r.get("auth"),
+            content_encoding: r.get("content_encoding"),
+        }),
+        payload: r.get("payload"),
+        ttl_secs: r.get("ttl_secs"),
+        urgency: r.get("urgency"),
+        topic_key: r.get("topic_key"),
+        without_topic: r.get("without_topic"),
+        expires_at: r.get("expires_at"),
+        created_at: r.get("created_at"),
+    }
+}
