@@ -16,6 +16,17 @@
  * Only listeners are added (push, notificationclick, pushsubscriptionchange);
  * the worker's other events are left to whoever else runs in it. Its helpers
  * are exposed as self.HeraldSW for workers that want to call them directly.
+ *
+ * After showing a push's notification, the worker also posts
+ *   { type: 'herald:push', payload }
+ * to every open window of its origin (payload: the decrypted JSON, parsed;
+ * the text when it is not JSON; null when the push had no data), e.g. for an
+ * in-page toast:
+ *
+ *   navigator.serviceWorker.addEventListener('message', (e) => {
+ *     if (e.data && e.data.type === 'herald:push') showToast(e.data.payload);
+ *   });
+ *   navigator.serviceWorker.startMessages();
  */
 (function () {
   'use strict';
@@ -162,6 +173,20 @@
     }
   }
 
+  /** Posts { type: 'herald:push', payload } to the origin's open windows. */
+  function announce(text) {
+    var payload = text || null;
+    if (text) {
+      try { payload = JSON.parse(text); } catch (e) { payload = text; }
+    }
+    if (!self.clients || !self.clients.matchAll) return Promise.resolve();
+    return self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then(function (list) {
+      for (var i = 0; i < list.length; i++) {
+        try { list[i].postMessage({ type: 'herald:push', payload: payload }); } catch (e) { /* window gone */ }
+      }
+    }).catch(function () {});
+  }
+
   function handlePush(event) {
     var text = readPushText(event);
     var show = function (cfg) {
@@ -173,6 +198,10 @@
       return { defaultTitle: DEFAULT_TITLE, defaultBody: DEFAULT_BODY, start: '/' };
     }).then(show).catch(function () {
       return self.registration.showNotification(DEFAULT_TITLE, { body: text || DEFAULT_BODY });
+    }).then(function (r) {
+      return announce(text).then(function () { return r; });
+    }, function (err) {
+      return announce(text).then(function () { throw err; });
     });
   }
 
@@ -301,6 +330,7 @@
     config: config,
     notificationFor: notificationFor,
     handlePush: handlePush,
+    announce: announce,
     handleNotificationClick: handleNotificationClick,
     handleSubscriptionChange: handleSubscriptionChange,
     openTarget: openTarget,

@@ -732,6 +732,29 @@ describe('service worker', () => {
     });
   });
 
+  test('every push is also posted to open windows as a herald:push message', T, async () => {
+    await withWorker(async ({ page, push, errors }) => {
+      await page.evaluate(() => {
+        window.heraldPushes = [];
+        navigator.serviceWorker.addEventListener('message', (e) => {
+          if (e.data && e.data.type === 'herald:push') window.heraldPushes.push(e.data.payload);
+        });
+        navigator.serviceWorker.startMessages();
+      });
+      const json = { id: 'ntf_9', title: 'Toast me', body: 'b', data: { n: 1, list: [1, 'two'] } };
+      await push(JSON.stringify(json));
+      await push('plain text');
+      await push('');
+      await page.waitForFunction(() => window.heraldPushes.length >= 3, null, { timeout: 10_000 });
+      const got = await page.evaluate(() => window.heraldPushes);
+      const key = (v) => JSON.stringify(v);
+      assert.deepEqual(got.map(key).sort(), [json, 'plain text', null].map(key).sort());
+      // ... after showing the notification, as every push does.
+      await waitNotifications(page, (list) => list.find((n) => n.title === 'Toast me'), 'notification “Toast me”');
+      assert.deepEqual(errors, []);
+    });
+  });
+
   test('pushsubscriptionchange renews at Herald with the stored endpoint and auth', T, async () => {
     const s = await session({ fakePush: true });
     try {
