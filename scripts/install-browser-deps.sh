@@ -24,8 +24,9 @@ apt_install() {
 
 # 1. Debian packages: Chromium + ChromeDriver and Firefox ESR; D-Bus with
 #    Python bindings for the stand-in desktop notification server through
-#    which the tests see and click the notifications Chromium shows.
-apt_pkgs=(chromium chromium-driver firefox-esr dbus python3-dbus python3-gi)
+#    which the tests see and click the notifications Chromium shows; openssl
+#    for the Firefox test's throw-away certificate authority.
+apt_pkgs=(chromium chromium-driver firefox-esr dbus python3-dbus python3-gi openssl)
 command -v npm >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -38,12 +39,22 @@ else
   log "browsers and D-Bus tools already installed"
 fi
 
-# 2. Node test harness dependencies (playwright-core only: it drives the
-#    system Chromium at /usr/bin/chromium and never downloads a browser).
+# 2. Node test harness dependencies: playwright-core (it drives the system
+#    Chromium at /usr/bin/chromium and never downloads a browser) and ws (the
+#    Firefox test's push service). Up to date when every locked package is
+#    installed at its locked version.
 cd "$ROOT/tests/browser"
-if [ -d node_modules/playwright-core ] && \
-   [ "$(node -p "require('./node_modules/playwright-core/package.json').version" 2>/dev/null)" = \
-     "$(node -p "require('./package-lock.json').packages['node_modules/playwright-core'].version" 2>/dev/null)" ]; then
+modules_match_lock() {
+  node -e '
+    const fs = require("fs");
+    const lock = JSON.parse(fs.readFileSync("package-lock.json", "utf8"));
+    for (const [p, info] of Object.entries(lock.packages || {})) {
+      if (!p) continue;
+      const v = JSON.parse(fs.readFileSync(p + "/package.json", "utf8")).version;
+      if (v !== info.version) process.exit(1);
+    }' 2>/dev/null
+}
+if [ -d node_modules ] && modules_match_lock; then
   log "node modules up to date"
 else
   log "installing node modules"
@@ -53,12 +64,12 @@ fi
 
 # 3. geckodriver (WebDriver for Firefox), built from crates.io.
 if ! command -v geckodriver >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/geckodriver" ]; then
-  if command -v cargo >/dev/null 2>&1; then
-    log "installing geckodriver"
-    cargo install geckodriver --locked
-  else
-    log "cargo not found: skipping geckodriver" >&2
+  if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: it is needed to build geckodriver (cargo install geckodriver)" >&2
+    exit 1
   fi
+  log "installing geckodriver"
+  cargo install geckodriver --locked
 else
   log "geckodriver already installed"
 fi

@@ -19,7 +19,5 @@ fi
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast
 
-if [ -f tests/browser/run.sh ]; then
-  echo "== browser tests"
-  tests/browser/run.sh
-fi
+echo "== browser tests"
+tests/browser/run.sh
