@@ -11,6 +11,9 @@
 //! - [`request`]: RFC 8030 headers (TTL, Urgency, Topic) and the request itself.
 //! - [`vendor`]: which push service an endpoint belongs to and what its answers mean.
 
+/// Alternative crypto backend, for the backend comparison benchmark only.
+#[cfg(feature = "rustcrypto")]
+pub mod backend_rustcrypto;
 pub mod ece;
 pub mod keys;
 pub mod request;
@@ -21,6 +24,8 @@ pub mod vendor;
 pub use ece::ContentEncoding;
 pub use keys::VapidKey;
 pub use request::{PushOptions, TopicKey, Ttl, Urgency};
-pub use subscription::{AllowedHosts, AuthSecret, Endpoint, P256dh, Subscription, SubscriptionError, SubscriptionJson};
+pub use subscription::{
+    AllowedHosts, AuthSecret, Endpoint, P256dh, Subscription, SubscriptionError, SubscriptionJson,
+};
 pub use vapid::{Contact, VapidSigner};
 pub use vendor::{Classified, Outcome, Vendor};
