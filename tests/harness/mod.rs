@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
