@@ -16,8 +16,14 @@ if cargo tree -e normal,build -i openssl-sys --prefix none 2>/dev/null | grep -q
   exit 1
 fi
 
+echo "== PostgreSQL"
+scripts/require-postgres.sh
+
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast
+
+echo "== service tests again, on PostgreSQL"
+HERALD_TEST_DATABASE=postgres cargo test --no-fail-fast --test service --test api_errors --test store_conformance
 
 echo "== browser tests"
 tests/browser/run.sh
