@@ -130,6 +130,7 @@ export async function startHerald({ env = {}, logFile, dir } = {}) {
       HERALD_STATIC_DIR: path.join(ROOT, 'static'),
       HERALD_PROXY: `http://127.0.0.1:${await freePort()}`,
       HERALD_LOG: 'info,herald=debug,sqlx=warn',
+      NO_COLOR: '1',
       ...env,
     },
   });
