@@ -52,15 +52,26 @@ fn ece_crate_decrypts_herald_aes128gcm() {
         let msg = payload(n);
         let e = ece::encrypt(&r.p256dh(), &r.auth(), &msg, ContentEncoding::Aes128gcm).unwrap();
         assert!(e.body.len() <= MAX_BODY);
-        let out = ::ece::decrypt(&r.components(), &r.auth, &e.body).unwrap_or_else(|err| panic!("size {n}: {err:?}"));
+        let out = ::ece::decrypt(&r.components(), &r.auth, &e.body)
+            .unwrap_or_else(|err| panic!("size {n}: {err:?}"));
         assert_eq!(out, msg, "size {n}");
     }
 }
 
 /// Split Herald's aesgcm headers the way a receiver reads them.
 fn aesgcm_block(e: &ece::Encrypted) -> ::ece::legacy::AesGcmEncryptedBlock {
-    let salt = e.encryption_header.as_deref().unwrap().strip_prefix("salt=").unwrap();
-    let dh = e.crypto_key_header.as_deref().unwrap().strip_prefix("dh=").unwrap();
+    let salt = e
+        .encryption_header
+        .as_deref()
+        .unwrap()
+        .strip_prefix("salt=")
+        .unwrap();
+    let dh = e
+        .crypto_key_header
+        .as_deref()
+        .unwrap()
+        .strip_prefix("dh=")
+        .unwrap();
     ::ece::legacy::AesGcmEncryptedBlock::new(
         &URL_SAFE_NO_PAD.decode(dh).unwrap(),
         &URL_SAFE_NO_PAD.decode(salt).unwrap(),
@@ -85,12 +96,23 @@ fn ece_crate_decrypts_herald_aesgcm() {
             // the known-answer tests tie to the published vector.
             assert!(matches!(got, Err(::ece::Error::BlockTooShort)), "{got:?}");
             let raw = r.raw_private();
-            let out = ece::decrypt(&raw, &r.auth, &e.body, ContentEncoding::Aesgcm, e.encryption_header.as_deref(), e.crypto_key_header.as_deref())
-                .unwrap();
+            let out = ece::decrypt(
+                &raw,
+                &r.auth,
+                &e.body,
+                ContentEncoding::Aesgcm,
+                e.encryption_header.as_deref(),
+                e.crypto_key_header.as_deref(),
+            )
+            .unwrap();
             assert!(out.is_empty());
             assert_eq!(e.body.len(), 2 + 16);
         } else {
-            assert_eq!(got.unwrap_or_else(|err| panic!("size {n}: {err:?}")), msg, "size {n}");
+            assert_eq!(
+                got.unwrap_or_else(|err| panic!("size {n}: {err:?}")),
+                msg,
+                "size {n}"
+            );
         }
     }
 }
@@ -103,10 +125,19 @@ fn maximum_fills_the_body_exactly_and_one_more_is_refused() {
         let e = ece::encrypt(&r.p256dh(), &r.auth(), &payload(max), enc).unwrap();
         assert_eq!(e.body.len(), MAX_BODY, "{enc:?}");
         match ece::encrypt(&r.p256dh(), &r.auth(), &payload(max + 1), enc) {
-            Err(err @ EceError::TooLarge { size, max: m, encoding }) => {
+            Err(
+                err @ EceError::TooLarge {
+                    size,
+                    max: m,
+                    encoding,
+                },
+            ) => {
                 assert_eq!((size, m, encoding), (max + 1, max, enc.as_str()));
                 let text = err.to_string();
-                assert!(text.contains(&max.to_string()) && text.contains(enc.as_str()), "{text}");
+                assert!(
+                    text.contains(&max.to_string()) && text.contains(enc.as_str()),
+                    "{text}"
+                );
             }
             other => panic!("{enc:?}: {other:?}"),
         }
@@ -121,7 +152,8 @@ fn herald_decrypts_ece_crate_aes128gcm() {
     for n in [1, 100, 3993] {
         let msg = payload(n);
         let body = ::ece::encrypt(&r.key.pub_as_raw().unwrap(), &r.auth, &msg).unwrap();
-        let out = ece::decrypt(&raw, &r.auth, &body, ContentEncoding::Aes128gcm, None, None).unwrap();
+        let out =
+            ece::decrypt(&raw, &r.auth, &body, ContentEncoding::Aes128gcm, None, None).unwrap();
         assert_eq!(out, msg, "size {n}");
     }
 }
@@ -133,11 +165,25 @@ fn herald_decrypts_ece_crate_aesgcm() {
     // ece pads to hide the length, so its aesgcm maximum is below Herald's.
     for n in [1, 100, 3000] {
         let msg = payload(n);
-        let block = ::ece::legacy::encrypt_aesgcm(&r.key.pub_as_raw().unwrap(), &r.auth, &msg).unwrap();
+        let block =
+            ::ece::legacy::encrypt_aesgcm(&r.key.pub_as_raw().unwrap(), &r.auth, &msg).unwrap();
         let headers = block.headers(Some(&[4u8; 65]));
-        let get = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let body = URL_SAFE_NO_PAD.decode(block.body()).unwrap();
-        let out = ece::decrypt(&raw, &r.auth, &body, ContentEncoding::Aesgcm, get("Encryption"), get("Crypto-Key")).unwrap();
+        let out = ece::decrypt(
+            &raw,
+            &r.auth,
+            &body,
+            ContentEncoding::Aesgcm,
+            get("Encryption"),
+            get("Crypto-Key"),
+        )
+        .unwrap();
         assert_eq!(out, msg, "size {n}");
     }
 }

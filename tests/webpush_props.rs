@@ -26,17 +26,25 @@ fn urlish() -> impl Strategy<Value = String> {
 }
 
 fn b64ish() -> impl Strategy<Value = String> {
-    prop_oneof![any::<String>(), "[A-Za-z0-9+/_=-]{0,120}", proptest::collection::vec(any::<u8>(), 0..80).prop_map(|b| URL_SAFE_NO_PAD.encode(b))]
+    prop_oneof![
+        any::<String>(),
+        "[A-Za-z0-9+/_=-]{0,120}",
+        proptest::collection::vec(any::<u8>(), 0..80).prop_map(|b| URL_SAFE_NO_PAD.encode(b))
+    ]
 }
 
 fn ua_key() -> &'static (Vec<u8>, P256dh) {
     static K: OnceLock<(Vec<u8>, P256dh)> = OnceLock::new();
     K.get_or_init(|| {
-        let k = aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
+        let k =
+            aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
         use aws_lc_rs::encoding::{AsBigEndian, EcPrivateKeyBin};
         let raw: EcPrivateKeyBin<'_> = k.as_be_bytes().unwrap();
         let public = k.compute_public_key().unwrap();
-        (raw.as_ref().to_vec(), P256dh(public.as_ref().try_into().unwrap()))
+        (
+            raw.as_ref().to_vec(),
+            P256dh(public.as_ref().try_into().unwrap()),
+        )
     })
 }
 
@@ -123,7 +131,7 @@ proptest! {
         prop_assert!(c.reason.chars().count() <= 40 + vendor::MAX_REASON_EXCERPT);
         prop_assert!(!c.reason.chars().any(char::is_control));
         if (200..300).contains(&status) { prop_assert_eq!(&c.outcome, &Outcome::Delivered); }
-        if status >= 500 && status < 600 { prop_assert_eq!(&c.outcome, &Outcome::Retry); }
+        if (500..600).contains(&status) { prop_assert_eq!(&c.outcome, &Outcome::Retry); }
     }
 
     #[test]

@@ -32,11 +32,25 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ContentEncoding { Aes128gcm, Aesgcm }
+pub enum ContentEncoding {
+    Aes128gcm,
+    Aesgcm,
+}
 
 impl ContentEncoding {
-    pub fn as_str(self) -> &'static str { match self { Self::Aes128gcm => "aes128gcm", Self::Aesgcm => "aesgcm" } }
-    pub fn parse(s: &str) -> Option<Self> { match s { "aes128gcm" => Some(Self::Aes128gcm), "aesgcm" => Some(Self::Aesgcm), _ => None } }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aes128gcm => "aes128gcm",
+            Self::Aesgcm => "aesgcm",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "aes128gcm" => Some(Self::Aes128gcm),
+            "aesgcm" => Some(Self::Aesgcm),
+            _ => None,
+        }
+    }
 }
 
 /// Largest encrypted body Herald sends.
@@ -57,7 +71,11 @@ const AESGCM_PAD_LEN: usize = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum EceError {
     #[error("payload is {size} bytes; the largest payload for {encoding} is {max} bytes")]
-    TooLarge { size: usize, max: usize, encoding: &'static str },
+    TooLarge {
+        size: usize,
+        max: usize,
+        encoding: &'static str,
+    },
     #[error("encryption failed: {0}")]
     Crypto(String),
 }
@@ -85,7 +103,12 @@ pub struct Encrypted {
 }
 
 /// Encrypt with a fresh ephemeral key and salt.
-pub fn encrypt(p256dh: &P256dh, auth: &AuthSecret, plaintext: &[u8], enc: ContentEncoding) -> Result<Encrypted, EceError> {
+pub fn encrypt(
+    p256dh: &P256dh,
+    auth: &AuthSecret,
+    plaintext: &[u8],
+    enc: ContentEncoding,
+) -> Result<Encrypted, EceError> {
     check_size(plaintext, enc)?;
     let ephemeral = agreement::PrivateKey::generate(&agreement::ECDH_P256)
         .map_err(|_| EceError::Crypto("could not generate an ephemeral key".into()))?;
@@ -109,15 +132,20 @@ pub fn encrypt_with(
     salt: &[u8; 16],
 ) -> Result<Encrypted, EceError> {
     check_size(plaintext, enc)?;
-    let ephemeral = agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, ephemeral_private)
-        .map_err(|_| EceError::Crypto("invalid ephemeral private key".into()))?;
+    let ephemeral =
+        agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, ephemeral_private)
+            .map_err(|_| EceError::Crypto("invalid ephemeral private key".into()))?;
     encrypt_inner(p256dh, auth, plaintext, enc, &ephemeral, salt)
 }
 
 fn check_size(plaintext: &[u8], enc: ContentEncoding) -> Result<(), EceError> {
     let max = max_plaintext(enc);
     if plaintext.len() > max {
-        return Err(EceError::TooLarge { size: plaintext.len(), max, encoding: enc.as_str() });
+        return Err(EceError::TooLarge {
+            size: plaintext.len(),
+            max,
+            encoding: enc.as_str(),
+        });
     }
     Ok(())
 }
@@ -130,7 +158,8 @@ fn encrypt_inner(
     ephemeral: &agreement::PrivateKey,
     salt: &[u8; 16],
 ) -> Result<Encrypted, EceError> {
-    let as_public = public_point(ephemeral).map_err(|_| EceError::Crypto("could not compute the ephemeral public key".into()))?;
+    let as_public = public_point(ephemeral)
+        .map_err(|_| EceError::Crypto("could not compute the ephemeral public key".into()))?;
     // `agree` validates the subscriber's point again; P256dh was checked at
     // parse time, but its field is public and could be built by hand.
     let secret = ecdh(ephemeral, &p256dh.0)
@@ -149,10 +178,19 @@ fn encrypt_inner(
             body.extend_from_slice(plaintext);
             body.push(0x02); // last-record delimiter, no padding
             let tag = key
-                .seal_in_place_separate_tag(nonce, aead::Aad::empty(), &mut body[AES128GCM_HEADER_LEN..])
+                .seal_in_place_separate_tag(
+                    nonce,
+                    aead::Aad::empty(),
+                    &mut body[AES128GCM_HEADER_LEN..],
+                )
                 .map_err(|_| EceError::Crypto("AES-GCM sealing failed".into()))?;
             body.extend_from_slice(tag.as_ref());
-            Ok(Encrypted { encoding: enc, body, encryption_header: None, crypto_key_header: None })
+            Ok(Encrypted {
+                encoding: enc,
+                body,
+                encryption_header: None,
+                crypto_key_header: None,
+            })
         }
         ContentEncoding::Aesgcm => {
             let mut body = Vec::with_capacity(AESGCM_PAD_LEN + plaintext.len() + TAG_LEN);
@@ -173,7 +211,11 @@ fn encrypt_inner(
 }
 
 fn public_point(key: &agreement::PrivateKey) -> Result<[u8; 65], ()> {
-    key.compute_public_key().map_err(drop)?.as_ref().try_into().map_err(drop)
+    key.compute_public_key()
+        .map_err(drop)?
+        .as_ref()
+        .try_into()
+        .map_err(drop)
 }
 
 fn ecdh(private: &agreement::PrivateKey, peer: &[u8]) -> Option<[u8; 32]> {
@@ -182,9 +224,12 @@ fn ecdh(private: &agreement::PrivateKey, peer: &[u8]) -> Option<[u8; 32]> {
     if peer.len() != KEY_LEN || peer[0] != 0x04 {
         return None;
     }
-    agreement::agree(private, agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer), (), |s| {
-        s.try_into().map_err(drop)
-    })
+    agreement::agree(
+        private,
+        agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer),
+        (),
+        |s| s.try_into().map_err(drop),
+    )
     .ok()
 }
 
@@ -242,12 +287,35 @@ fn derive(
             let prk = hmac_sha256(salt, &[&ikm]);
             let len = &[0u8, KEY_LEN as u8][..];
             (
-                hmac_sha256(&prk, &[b"Content-Encoding: aesgcm\0P-256\0", len, ua_public, len, as_public, &[1]]),
-                hmac_sha256(&prk, &[b"Content-Encoding: nonce\0P-256\0", len, ua_public, len, as_public, &[1]]),
+                hmac_sha256(
+                    &prk,
+                    &[
+                        b"Content-Encoding: aesgcm\0P-256\0",
+                        len,
+                        ua_public,
+                        len,
+                        as_public,
+                        &[1],
+                    ],
+                ),
+                hmac_sha256(
+                    &prk,
+                    &[
+                        b"Content-Encoding: nonce\0P-256\0",
+                        len,
+                        ua_public,
+                        len,
+                        as_public,
+                        &[1],
+                    ],
+                ),
             )
         }
     };
-    let mut kn = KeyNonce { key: [0; 16], nonce: [0; 12] };
+    let mut kn = KeyNonce {
+        key: [0; 16],
+        nonce: [0; 12],
+    };
     kn.key.copy_from_slice(&cek[..16]);
     kn.nonce.copy_from_slice(&nonce[..12]);
     kn
@@ -308,9 +376,12 @@ pub fn decrypt(
 ) -> Result<Vec<u8>, DecryptError> {
     let auth: &[u8; 16] = auth.try_into().map_err(|_| DecryptError::InvalidAuth)?;
     let private = import_ua_private(ua_private_key)?;
-    let ua_public = public_point(&private).map_err(|_| DecryptError::InvalidKey("cannot compute public key".into()))?;
+    let ua_public = public_point(&private)
+        .map_err(|_| DecryptError::InvalidKey("cannot compute public key".into()))?;
     if body.len() > MAX_DECRYPT_BODY {
-        return Err(DecryptError::Malformed(format!("body over {MAX_DECRYPT_BODY} bytes")));
+        return Err(DecryptError::Malformed(format!(
+            "body over {MAX_DECRYPT_BODY} bytes"
+        )));
     }
     match encoding {
         ContentEncoding::Aes128gcm => decrypt_aes128gcm(&private, &ua_public, auth, body),
@@ -318,14 +389,19 @@ pub fn decrypt(
             let enc = encryption_header.ok_or(DecryptError::Header("Encryption"))?;
             let ck = crypto_key_header.ok_or(DecryptError::Header("Crypto-Key"))?;
             let salt = header_param(enc, "salt").ok_or(DecryptError::Header("Encryption"))?;
-            let salt: [u8; 16] = decode_b64_exact(salt).ok_or(DecryptError::Header("Encryption"))?;
+            let salt: [u8; 16] =
+                decode_b64_exact(salt).ok_or(DecryptError::Header("Encryption"))?;
             let rs = match header_param(enc, "rs") {
                 None => RECORD_SIZE as usize,
-                Some(v) => v.parse::<usize>().ok().filter(|&r| r > AESGCM_PAD_LEN && r <= MAX_DECRYPT_BODY)
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&r| r > AESGCM_PAD_LEN && r <= MAX_DECRYPT_BODY)
                     .ok_or(DecryptError::Header("Encryption"))?,
             };
             let dh = header_param(ck, "dh").ok_or(DecryptError::Header("Crypto-Key"))?;
-            let as_public: [u8; 65] = decode_b64_exact(dh).ok_or(DecryptError::Header("Crypto-Key"))?;
+            let as_public: [u8; 65] =
+                decode_b64_exact(dh).ok_or(DecryptError::Header("Crypto-Key"))?;
             decrypt_aesgcm(&private, &ua_public, auth, &salt, &as_public, rs, body)
         }
     }
@@ -341,8 +417,16 @@ pub fn decrypt_request(
 ) -> Result<Vec<u8>, DecryptError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let ce = get("content-encoding").ok_or(DecryptError::Header("Content-Encoding"))?;
-    let encoding = ContentEncoding::parse(ce.trim()).ok_or_else(|| DecryptError::Encoding(ce.to_string()))?;
-    decrypt(ua_private_key, auth, body, encoding, get("encryption"), get("crypto-key"))
+    let encoding =
+        ContentEncoding::parse(ce.trim()).ok_or_else(|| DecryptError::Encoding(ce.to_string()))?;
+    decrypt(
+        ua_private_key,
+        auth,
+        body,
+        encoding,
+        get("encryption"),
+        get("crypto-key"),
+    )
 }
 
 fn import_ua_private(key: &[u8]) -> Result<agreement::PrivateKey, DecryptError> {
@@ -359,7 +443,9 @@ fn import_ua_private(key: &[u8]) -> Result<agreement::PrivateKey, DecryptError> 
 fn header_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split([';', ',']).find_map(|part| {
         let (k, v) = part.split_once('=')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"'))
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
     })
 }
 
@@ -374,28 +460,46 @@ fn decrypt_aes128gcm(
     body: &[u8],
 ) -> Result<Vec<u8>, DecryptError> {
     if body.len() < SALT_LEN + 5 {
-        return Err(DecryptError::Malformed("shorter than the aes128gcm header".into()));
+        return Err(DecryptError::Malformed(
+            "shorter than the aes128gcm header".into(),
+        ));
     }
     let (salt, rest) = body.split_at(SALT_LEN);
     let (rs, rest) = rest.split_at(4);
     let rs = u32::from_be_bytes([rs[0], rs[1], rs[2], rs[3]]) as usize;
     // A record must hold at least a delimiter and the tag.
     if rs < TAG_LEN + 2 {
-        return Err(DecryptError::Malformed(format!("record size {rs} too small")));
+        return Err(DecryptError::Malformed(format!(
+            "record size {rs} too small"
+        )));
     }
     let idlen = rest[0] as usize;
     let rest = &rest[1..];
     if idlen != KEY_LEN || rest.len() < idlen {
-        return Err(DecryptError::Malformed(format!("keyid must be the 65-byte sender key (idlen {idlen})")));
+        return Err(DecryptError::Malformed(format!(
+            "keyid must be the 65-byte sender key (idlen {idlen})"
+        )));
     }
     let (keyid, records) = rest.split_at(idlen);
-    let as_public: &[u8; 65] = keyid.try_into().map_err(|_| DecryptError::Malformed("keyid".into()))?;
-    let salt: &[u8; 16] = salt.try_into().map_err(|_| DecryptError::Malformed("salt".into()))?;
+    let as_public: &[u8; 65] = keyid
+        .try_into()
+        .map_err(|_| DecryptError::Malformed("keyid".into()))?;
+    let salt: &[u8; 16] = salt
+        .try_into()
+        .map_err(|_| DecryptError::Malformed("salt".into()))?;
     if records.is_empty() {
         return Err(DecryptError::Malformed("no records".into()));
     }
-    let secret = ecdh(private, as_public).ok_or_else(|| DecryptError::Malformed("sender key is not on P-256".into()))?;
-    let kn = derive(ContentEncoding::Aes128gcm, &secret, auth, salt, ua_public, as_public);
+    let secret = ecdh(private, as_public)
+        .ok_or_else(|| DecryptError::Malformed("sender key is not on P-256".into()))?;
+    let kn = derive(
+        ContentEncoding::Aes128gcm,
+        &secret,
+        auth,
+        salt,
+        ua_public,
+        as_public,
+    );
     let key = aes_key(&kn.key).map_err(|_| DecryptError::Auth)?;
 
     let mut out = Vec::with_capacity(records.len());
@@ -403,16 +507,25 @@ fn decrypt_aes128gcm(
     let count = records.len().div_ceil(rs);
     for (seq, record) in records.chunks(rs).enumerate() {
         if record.len() <= TAG_LEN {
-            return Err(DecryptError::Malformed("record shorter than its tag".into()));
+            return Err(DecryptError::Malformed(
+                "record shorter than its tag".into(),
+            ));
         }
         buf.clear();
         buf.extend_from_slice(record);
         let plain = key
-            .open_in_place(record_nonce(&kn.nonce, seq as u64), aead::Aad::empty(), &mut buf)
+            .open_in_place(
+                record_nonce(&kn.nonce, seq as u64),
+                aead::Aad::empty(),
+                &mut buf,
+            )
             .map_err(|_| DecryptError::Auth)?;
         // Padding: data ‖ delimiter ‖ 0x00*. The delimiter is 0x02 on the last
         // record, 0x01 on the others (RFC 8188 §2).
-        let delim = plain.iter().rposition(|&b| b != 0).ok_or(DecryptError::Padding)?;
+        let delim = plain
+            .iter()
+            .rposition(|&b| b != 0)
+            .ok_or(DecryptError::Padding)?;
         let last = seq + 1 == count;
         match (plain[delim], last) {
             (0x02, true) | (0x01, false) => {}
@@ -433,32 +546,54 @@ fn decrypt_aesgcm(
     body: &[u8],
 ) -> Result<Vec<u8>, DecryptError> {
     if body.len() < TAG_LEN + AESGCM_PAD_LEN {
-        return Err(DecryptError::Malformed("shorter than one aesgcm record".into()));
+        return Err(DecryptError::Malformed(
+            "shorter than one aesgcm record".into(),
+        ));
     }
     let secret = ecdh(private, as_public).ok_or(DecryptError::Header("Crypto-Key"))?;
-    let kn = derive(ContentEncoding::Aesgcm, &secret, auth, salt, ua_public, as_public);
+    let kn = derive(
+        ContentEncoding::Aesgcm,
+        &secret,
+        auth,
+        salt,
+        ua_public,
+        as_public,
+    );
     let key = aes_key(&kn.key).map_err(|_| DecryptError::Auth)?;
     // In aesgcm, `rs` counts the plaintext (padding included); each encrypted
     // record adds the tag. A body that is an exact multiple of full records
     // would be truncatable, so the last record must be shorter than full.
     let full = rs + TAG_LEN;
     if body.len() % full == 0 {
-        return Err(DecryptError::Malformed("last record is full-sized (possible truncation)".into()));
+        return Err(DecryptError::Malformed(
+            "last record is full-sized (possible truncation)".into(),
+        ));
     }
     let mut out = Vec::with_capacity(body.len());
     let mut buf = Vec::with_capacity(full.min(body.len()));
     for (seq, record) in body.chunks(full).enumerate() {
         if record.len() < TAG_LEN + AESGCM_PAD_LEN {
-            return Err(DecryptError::Malformed("record shorter than its tag and padding".into()));
+            return Err(DecryptError::Malformed(
+                "record shorter than its tag and padding".into(),
+            ));
         }
         buf.clear();
         buf.extend_from_slice(record);
         let plain = key
-            .open_in_place(record_nonce(&kn.nonce, seq as u64), aead::Aad::empty(), &mut buf)
+            .open_in_place(
+                record_nonce(&kn.nonce, seq as u64),
+                aead::Aad::empty(),
+                &mut buf,
+            )
             .map_err(|_| DecryptError::Auth)?;
         let pad = u16::from_be_bytes([plain[0], plain[1]]) as usize;
-        let data = plain.get(AESGCM_PAD_LEN + pad..).ok_or(DecryptError::Padding)?;
-        if plain[AESGCM_PAD_LEN..AESGCM_PAD_LEN + pad].iter().any(|&b| b != 0) {
+        let data = plain
+            .get(AESGCM_PAD_LEN + pad..)
+            .ok_or(DecryptError::Padding)?;
+        if plain[AESGCM_PAD_LEN..AESGCM_PAD_LEN + pad]
+            .iter()
+            .any(|&b| b != 0)
+        {
             return Err(DecryptError::Padding);
         }
         out.extend_from_slice(data);
@@ -502,8 +637,15 @@ mod tests {
                 if n == max_plaintext(enc) {
                     assert_eq!(e.body.len(), MAX_BODY);
                 }
-                let out = decrypt(&raw, &a.0, &e.body, enc, e.encryption_header.as_deref(), e.crypto_key_header.as_deref())
-                    .unwrap();
+                let out = decrypt(
+                    &raw,
+                    &a.0,
+                    &e.body,
+                    enc,
+                    e.encryption_header.as_deref(),
+                    e.crypto_key_header.as_deref(),
+                )
+                .unwrap();
                 assert_eq!(out, msg);
             }
             let too = vec![0u8; max_plaintext(enc) + 1];
@@ -531,12 +673,42 @@ mod tests {
         let mut bad = e.body.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(decrypt(&raw, &a.0, &bad, ContentEncoding::Aes128gcm, None, None), Err(DecryptError::Auth));
-        assert_eq!(decrypt(&raw, &[8; 16], &e.body, ContentEncoding::Aes128gcm, None, None), Err(DecryptError::Auth));
-        assert_eq!(decrypt(&raw, &[8; 3], &e.body, ContentEncoding::Aes128gcm, None, None), Err(DecryptError::InvalidAuth));
+        assert_eq!(
+            decrypt(&raw, &a.0, &bad, ContentEncoding::Aes128gcm, None, None),
+            Err(DecryptError::Auth)
+        );
+        assert_eq!(
+            decrypt(
+                &raw,
+                &[8; 16],
+                &e.body,
+                ContentEncoding::Aes128gcm,
+                None,
+                None
+            ),
+            Err(DecryptError::Auth)
+        );
+        assert_eq!(
+            decrypt(
+                &raw,
+                &[8; 3],
+                &e.body,
+                ContentEncoding::Aes128gcm,
+                None,
+                None
+            ),
+            Err(DecryptError::InvalidAuth)
+        );
         let g = encrypt(&p, &a, b"hello", ContentEncoding::Aesgcm).unwrap();
         assert_eq!(
-            decrypt(&raw, &a.0, &g.body, ContentEncoding::Aesgcm, None, g.crypto_key_header.as_deref()),
+            decrypt(
+                &raw,
+                &a.0,
+                &g.body,
+                ContentEncoding::Aesgcm,
+                None,
+                g.crypto_key_header.as_deref()
+            ),
             Err(DecryptError::Header("Encryption"))
         );
     }
@@ -549,16 +721,25 @@ mod tests {
         let g = encrypt(&p, &a, b"legacy", ContentEncoding::Aesgcm).unwrap();
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("content-encoding", "aesgcm".parse().unwrap());
-        h.insert("encryption", g.encryption_header.clone().unwrap().parse().unwrap());
+        h.insert(
+            "encryption",
+            g.encryption_header.clone().unwrap().parse().unwrap(),
+        );
         let ck = format!("{};p256ecdsa=BAAA", g.crypto_key_header.clone().unwrap());
         h.insert("crypto-key", ck.parse().unwrap());
-        assert_eq!(decrypt_request(der.as_ref(), &a.0, &h, &g.body).unwrap(), b"legacy");
+        assert_eq!(
+            decrypt_request(der.as_ref(), &a.0, &h, &g.body).unwrap(),
+            b"legacy"
+        );
     }
 
     #[test]
     fn invalid_p256dh_field_is_an_error_not_a_panic() {
         let (_, _, a) = ua();
         let bogus = P256dh([4; 65]);
-        assert!(matches!(encrypt(&bogus, &a, b"x", ContentEncoding::Aes128gcm), Err(EceError::Crypto(_))));
+        assert!(matches!(
+            encrypt(&bogus, &a, b"x", ContentEncoding::Aes128gcm),
+            Err(EceError::Crypto(_))
+        ));
     }
 }

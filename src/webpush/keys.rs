@@ -16,7 +16,9 @@ use aws_lc_rs::{
 };
 use base64::{
     alphabet,
-    engine::{general_purpose::URL_SAFE_NO_PAD, DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    engine::{
+        general_purpose::URL_SAFE_NO_PAD, DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig,
+    },
     Engine,
 };
 use std::sync::Arc;
@@ -41,7 +43,9 @@ pub struct VapidKey {
 impl std::fmt::Debug for VapidKey {
     // Never print the private half, even in debug logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VapidKey").field("public_key", &self.public_key_base64()).finish_non_exhaustive()
+        f.debug_struct("VapidKey")
+            .field("public_key", &self.public_key_base64())
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,26 +59,33 @@ impl VapidKey {
     /// Import from PKCS#8 DER (the form Herald seals at rest).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         if der.is_empty() {
-            return Err(KeyError::Invalid("VAPID private key is empty; expected PKCS#8 DER".into()));
+            return Err(KeyError::Invalid(
+                "VAPID private key is empty; expected PKCS#8 DER".into(),
+            ));
         }
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|e| {
-            KeyError::Invalid(format!("VAPID private key is not a PKCS#8 DER P-256 key ({e})"))
-        })?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|e| {
+                KeyError::Invalid(format!(
+                    "VAPID private key is not a PKCS#8 DER P-256 key ({e})"
+                ))
+            })?;
         Self::from_pair(pair)
     }
 
     fn from_pair(pair: EcdsaKeyPair) -> Result<Self, KeyError> {
-        let public: [u8; 65] = pair
-            .public_key()
-            .as_ref()
-            .try_into()
-            .map_err(|_| KeyError::Invalid("VAPID public key is not an uncompressed P-256 point".into()))?;
+        let public: [u8; 65] = pair.public_key().as_ref().try_into().map_err(|_| {
+            KeyError::Invalid("VAPID public key is not an uncompressed P-256 point".into())
+        })?;
         // Serialise once, so `to_pkcs8` is infallible and always the canonical
         // v1 form whatever variant was imported.
         let pkcs8 = pair
             .to_pkcs8v1()
             .map_err(|_| KeyError::Invalid("could not encode the VAPID key as PKCS#8".into()))?;
-        Ok(Self { pkcs8: Arc::from(pkcs8.as_ref()), pair: Arc::new(pair), public })
+        Ok(Self {
+            pkcs8: Arc::from(pkcs8.as_ref()),
+            pair: Arc::new(pair),
+            public,
+        })
     }
 
     /// Export as PKCS#8 DER.
@@ -103,13 +114,20 @@ pub fn parse_public_key(b64: &str) -> Result<[u8; 65], KeyError> {
     let bytes = decode_b64(b64, 65)
         .ok_or_else(|| KeyError::Invalid("public key is not valid base64url".into()))?;
     let point: [u8; 65] = bytes.as_slice().try_into().map_err(|_| {
-        KeyError::Invalid(format!("public key is {} bytes; expected the 65-byte uncompressed P-256 point", bytes.len()))
+        KeyError::Invalid(format!(
+            "public key is {} bytes; expected the 65-byte uncompressed P-256 point",
+            bytes.len()
+        ))
     })?;
     if point[0] != 0x04 {
-        return Err(KeyError::Invalid("public key must be an uncompressed P-256 point (first byte 0x04)".into()));
+        return Err(KeyError::Invalid(
+            "public key must be an uncompressed P-256 point (first byte 0x04)".into(),
+        ));
     }
     if !is_on_curve(&point) {
-        return Err(KeyError::Invalid("public key is not a point on the P-256 curve".into()));
+        return Err(KeyError::Invalid(
+            "public key is not a point on the P-256 curve".into(),
+        ));
     }
     Ok(point)
 }
@@ -118,8 +136,11 @@ pub fn parse_public_key(b64: &str) -> Result<[u8; 65], KeyError> {
 /// point at infinity, which has no uncompressed encoding).
 pub(crate) fn is_on_curve(point: &[u8; 65]) -> bool {
     point[0] == 0x04
-        && agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point))
-            .is_ok()
+        && agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(
+            &agreement::ECDH_P256,
+            point,
+        ))
+        .is_ok()
 }
 
 /// URL-safe decoder that accepts canonical padding or none.
@@ -145,7 +166,14 @@ pub(crate) fn decode_b64(s: &str, max_bytes: usize) -> Option<Vec<u8>> {
         if s.bytes().any(|b| b == b'-' || b == b'_') {
             return None;
         }
-        let mapped: String = s.chars().map(|c| match c { '+' => '-', '/' => '_', c => c }).collect();
+        let mapped: String = s
+            .chars()
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect();
         return URL_SAFE_LENIENT.decode(mapped).ok();
     }
     URL_SAFE_LENIENT.decode(s).ok()
@@ -170,8 +198,13 @@ mod tests {
 
     #[test]
     fn malformed_private_keys_are_refused_with_a_message() {
-        assert!(VapidKey::from_pkcs8(&[]).unwrap_err().to_string().contains("empty"));
-        let e = VapidKey::from_pkcs8(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err().to_string();
+        assert!(VapidKey::from_pkcs8(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let e = VapidKey::from_pkcs8(&[0x30, 0x03, 0x02, 0x01, 0x00])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PKCS#8"), "{e}");
         let mut der = VapidKey::generate().unwrap().to_pkcs8();
         der.truncate(der.len() - 3);
@@ -189,20 +222,31 @@ mod tests {
         assert_eq!(&parse_public_key(&std_alpha).unwrap(), k.public_key());
 
         assert!(parse_public_key("").unwrap_err().to_string().contains("65"));
-        assert!(parse_public_key("!!!").unwrap_err().to_string().contains("base64"));
+        assert!(parse_public_key("!!!")
+            .unwrap_err()
+            .to_string()
+            .contains("base64"));
         // Compressed form.
         let mut compressed = vec![0x02];
         compressed.extend_from_slice(&k.public_key()[1..33]);
-        let e = parse_public_key(&URL_SAFE_NO_PAD.encode(&compressed)).unwrap_err().to_string();
+        let e = parse_public_key(&URL_SAFE_NO_PAD.encode(&compressed))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("65"), "{e}");
         // Wrong prefix byte.
         let mut wrong = *k.public_key();
         wrong[0] = 0x05;
-        assert!(parse_public_key(&URL_SAFE_NO_PAD.encode(wrong)).unwrap_err().to_string().contains("0x04"));
+        assert!(parse_public_key(&URL_SAFE_NO_PAD.encode(wrong))
+            .unwrap_err()
+            .to_string()
+            .contains("0x04"));
         // Off the curve: flip a bit of Y.
         let mut off = *k.public_key();
         off[64] ^= 1;
-        assert!(parse_public_key(&URL_SAFE_NO_PAD.encode(off)).unwrap_err().to_string().contains("curve"));
+        assert!(parse_public_key(&URL_SAFE_NO_PAD.encode(off))
+            .unwrap_err()
+            .to_string()
+            .contains("curve"));
         // Huge input is refused cheaply.
         assert!(parse_public_key(&"A".repeat(100_000)).is_err());
     }

@@ -29,18 +29,49 @@ impl Ttl {
     pub const MAX: u32 = 28 * 24 * 3600;
     /// Clamps to 28 days. 0 is refused by WNS, so callers must not default to it.
     /// `Ttl::new(0)` is kept as 0: an explicit "deliver now or drop".
-    pub fn new(secs: u64) -> Self { Ttl(secs.min(Self::MAX as u64) as u32) }
-    pub fn seconds(self) -> u32 { self.0 }
-    pub fn as_duration(self) -> Duration { Duration::from_secs(self.0 as u64) }
+    pub fn new(secs: u64) -> Self {
+        Ttl(secs.min(Self::MAX as u64) as u32)
+    }
+    pub fn seconds(self) -> u32 {
+        self.0
+    }
+    pub fn as_duration(self) -> Duration {
+        Duration::from_secs(self.0 as u64)
+    }
 }
-impl Default for Ttl { fn default() -> Self { Ttl(24 * 3600) } }
+impl Default for Ttl {
+    fn default() -> Self {
+        Ttl(24 * 3600)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Urgency { VeryLow, Low, #[default] Normal, High }
+pub enum Urgency {
+    VeryLow,
+    Low,
+    #[default]
+    Normal,
+    High,
+}
 impl Urgency {
-    pub fn as_str(self) -> &'static str { match self { Self::VeryLow => "very-low", Self::Low => "low", Self::Normal => "normal", Self::High => "high" } }
-    pub fn parse(s: &str) -> Option<Self> { match s { "very-low" => Some(Self::VeryLow), "low" => Some(Self::Low), "normal" => Some(Self::Normal), "high" => Some(Self::High), _ => None } }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VeryLow => "very-low",
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "very-low" => Some(Self::VeryLow),
+            "low" => Some(Self::Low),
+            "normal" => Some(Self::Normal),
+            "high" => Some(Self::High),
+            _ => None,
+        }
+    }
 }
 
 /// A caller's replace key. Sent as a fixed-length 32-char URL-safe digest.
@@ -57,20 +88,36 @@ impl TopicKey {
         TopicKey(URL_SAFE_NO_PAD.encode(&d.as_ref()[..24]))
     }
     /// The 32-char header value.
-    pub fn header_value(&self) -> &str { &self.0 }
+    pub fn header_value(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct PushOptions { pub ttl: Ttl, pub urgency: Urgency, pub topic: Option<TopicKey> }
+pub struct PushOptions {
+    pub ttl: Ttl,
+    pub urgency: Urgency,
+    pub topic: Option<TopicKey>,
+}
 
 /// Build the POST to the push service. `authorization` is from `VapidSigner::authorization`;
 /// for aesgcm the VAPID key is also appended to Crypto-Key as `p256ecdsa=` by this function.
-pub fn build(client: &reqwest::Client, endpoint: &Endpoint, encrypted: Encrypted, opts: &PushOptions, authorization: &str, vapid_public_key_b64: &str) -> reqwest::RequestBuilder {
+pub fn build(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    encrypted: Encrypted,
+    opts: &PushOptions,
+    authorization: &str,
+    vapid_public_key_b64: &str,
+) -> reqwest::RequestBuilder {
     let mut req = client
         .post(endpoint.as_str())
         .header("TTL", opts.ttl.seconds())
         .header("Urgency", opts.urgency.as_str())
-        .header(reqwest::header::CONTENT_ENCODING, encrypted.encoding.as_str())
+        .header(
+            reqwest::header::CONTENT_ENCODING,
+            encrypted.encoding.as_str(),
+        )
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .header(reqwest::header::AUTHORIZATION, authorization);
     if let Some(topic) = &opts.topic {
@@ -92,7 +139,11 @@ pub fn build(client: &reqwest::Client, endpoint: &Endpoint, encrypted: Encrypted
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webpush::{ece, keys::VapidKey, subscription::{AllowedHosts, AuthSecret, P256dh}};
+    use crate::webpush::{
+        ece,
+        keys::VapidKey,
+        subscription::{AllowedHosts, AuthSecret, P256dh},
+    };
 
     #[test]
     fn ttl_clamps_and_keeps_explicit_zero() {
@@ -108,7 +159,10 @@ mod tests {
         for k in ["", "a", "chat-42", &"x".repeat(10_000), "ünïcødé / + ="] {
             let t = TopicKey::new(k);
             assert_eq!(t.header_value().len(), 32);
-            assert!(t.header_value().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(t
+                .header_value()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             assert_eq!(t, TopicKey::new(k));
         }
         assert_ne!(TopicKey::new("a"), TopicKey::new("b"));
@@ -124,9 +178,26 @@ mod tests {
         let (p, a) = sub();
         let e = ece::encrypt(&p, &a, b"hi", ContentEncoding::Aes128gcm).unwrap();
         let body_len = e.body.len();
-        let ep = Endpoint::parse("https://fcm.googleapis.com/fcm/send/x", &AllowedHosts::vendors()).unwrap();
-        let opts = PushOptions { ttl: Ttl::new(90), urgency: Urgency::High, topic: Some(TopicKey::new("t")) };
-        let r = build(&reqwest::Client::new(), &ep, e, &opts, "vapid t=a.b.c, k=K", "K").build().unwrap();
+        let ep = Endpoint::parse(
+            "https://fcm.googleapis.com/fcm/send/x",
+            &AllowedHosts::vendors(),
+        )
+        .unwrap();
+        let opts = PushOptions {
+            ttl: Ttl::new(90),
+            urgency: Urgency::High,
+            topic: Some(TopicKey::new("t")),
+        };
+        let r = build(
+            &reqwest::Client::new(),
+            &ep,
+            e,
+            &opts,
+            "vapid t=a.b.c, k=K",
+            "K",
+        )
+        .build()
+        .unwrap();
         assert_eq!(r.method(), reqwest::Method::POST);
         assert_eq!(r.url().as_str(), "https://fcm.googleapis.com/fcm/send/x");
         let h = r.headers();
@@ -137,7 +208,10 @@ mod tests {
         assert_eq!(h["content-type"], "application/octet-stream");
         assert_eq!(h["authorization"], "vapid t=a.b.c, k=K");
         assert!(h.get("crypto-key").is_none() && h.get("encryption").is_none());
-        assert_eq!(r.body().and_then(|b| b.as_bytes()).map(<[u8]>::len), Some(body_len));
+        assert_eq!(
+            r.body().and_then(|b| b.as_bytes()).map(<[u8]>::len),
+            Some(body_len)
+        );
     }
 
     #[test]
@@ -146,8 +220,21 @@ mod tests {
         let e = ece::encrypt(&p, &a, b"hi", ContentEncoding::Aesgcm).unwrap();
         let dh = e.crypto_key_header.clone().unwrap();
         let salt = e.encryption_header.clone().unwrap();
-        let ep = Endpoint::parse("https://fcm.googleapis.com/fcm/send/x", &AllowedHosts::vendors()).unwrap();
-        let r = build(&reqwest::Client::new(), &ep, e, &PushOptions::default(), "vapid t=a.b.c, k=K", "K").build().unwrap();
+        let ep = Endpoint::parse(
+            "https://fcm.googleapis.com/fcm/send/x",
+            &AllowedHosts::vendors(),
+        )
+        .unwrap();
+        let r = build(
+            &reqwest::Client::new(),
+            &ep,
+            e,
+            &PushOptions::default(),
+            "vapid t=a.b.c, k=K",
+            "K",
+        )
+        .build()
+        .unwrap();
         let h = r.headers();
         assert_eq!(h["ttl"], "86400");
         assert_eq!(h["urgency"], "normal");

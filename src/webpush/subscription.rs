@@ -79,12 +79,18 @@ impl HostPattern {
         let s = s.trim().to_ascii_lowercase();
         let (host, port) = split_host_port(&s)?;
         let (name, wildcard) = match host.strip_prefix("*.") {
-            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => (format!(".{suffix}"), true),
+            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
+                (format!(".{suffix}"), true)
+            }
             Some(_) => return None,
             None if !host.is_empty() && !host.contains('*') => (host.to_string(), false),
             None => return None,
         };
-        Some(Self { name, wildcard, port })
+        Some(Self {
+            name,
+            wildcard,
+            port,
+        })
     }
 
     fn matches(&self, host: &str, port: u16) -> bool {
@@ -141,7 +147,11 @@ impl AllowedHosts {
             .iter()
             .copied()
             .filter_map(HostPattern::parse)
-            .chain(extra.into_iter().filter_map(|s| HostPattern::parse(s.as_ref())))
+            .chain(
+                extra
+                    .into_iter()
+                    .filter_map(|s| HostPattern::parse(s.as_ref())),
+            )
             .collect();
         Self { patterns }
     }
@@ -149,7 +159,9 @@ impl AllowedHosts {
     /// Whether `host` (optionally `host:port`; no port means 443) may receive pushes.
     pub fn allows(&self, host: &str) -> bool {
         let lower = host.to_ascii_lowercase();
-        let Some((name, port)) = split_host_port(&lower) else { return false };
+        let Some((name, port)) = split_host_port(&lower) else {
+            return false;
+        };
         self.allows_parts(name, port.unwrap_or(443))
     }
 
@@ -180,7 +192,9 @@ impl Endpoint {
         }
         let mut url = match url::Url::parse(s) {
             Ok(u) => u,
-            Err(url::ParseError::RelativeUrlWithoutBase) => return Err(SubscriptionError::EndpointNotHttps),
+            Err(url::ParseError::RelativeUrlWithoutBase) => {
+                return Err(SubscriptionError::EndpointNotHttps)
+            }
             Err(_) => return Err(SubscriptionError::EndpointInvalid),
         };
         if url.scheme() != "https" {
@@ -191,7 +205,10 @@ impl Endpoint {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(SubscriptionError::EndpointHasCredentials);
         }
-        let host = url.host_str().ok_or(SubscriptionError::EndpointInvalid)?.to_ascii_lowercase();
+        let host = url
+            .host_str()
+            .ok_or(SubscriptionError::EndpointInvalid)?
+            .to_ascii_lowercase();
         // `port()` is `None` for the scheme default.
         let port = url.port().unwrap_or(443);
         if !allowed.allows_parts(&host, port) {
@@ -203,7 +220,8 @@ impl Endpoint {
         if host == "android.googleapis.com" {
             // GCM was shut down; Google keeps the subscriptions alive at FCM
             // under the same token, which is what every web-push library sends to.
-            url.set_host(Some("fcm.googleapis.com")).map_err(|_| SubscriptionError::EndpointInvalid)?;
+            url.set_host(Some("fcm.googleapis.com"))
+                .map_err(|_| SubscriptionError::EndpointInvalid)?;
             if let Some(rest) = url.path().strip_prefix("/gcm/send/") {
                 let path = format!("/fcm/send/{rest}");
                 url.set_path(&path);
@@ -226,15 +244,24 @@ impl Endpoint {
         if !url.starts_with("https://") {
             return Err(SubscriptionError::EndpointNotHttps);
         }
-        let authority_end = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
+        let authority_end = url[after_scheme..]
+            .find('/')
+            .map_or(url.len(), |i| after_scheme + i);
         let authority = &url[after_scheme..authority_end];
         let host_len = if authority.starts_with('[') {
-            authority.find(']').map(|i| i + 1).ok_or(SubscriptionError::EndpointInvalid)?
+            authority
+                .find(']')
+                .map(|i| i + 1)
+                .ok_or(SubscriptionError::EndpointInvalid)?
         } else {
             authority.find(':').unwrap_or(authority.len())
         };
         let origin = url[..authority_end].to_string();
-        Ok(Self { host: after_scheme..after_scheme + host_len, origin, url })
+        Ok(Self {
+            host: after_scheme..after_scheme + host_len,
+            origin,
+            url,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -266,7 +293,10 @@ pub struct AuthSecret(pub [u8; 16]);
 impl P256dh {
     pub fn parse(b64: &str) -> Result<Self, SubscriptionError> {
         let bytes = decode_b64(b64, 65).ok_or(SubscriptionError::P256dhInvalid)?;
-        let point: [u8; 65] = bytes.as_slice().try_into().map_err(|_| SubscriptionError::P256dhInvalid)?;
+        let point: [u8; 65] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| SubscriptionError::P256dhInvalid)?;
         if !is_on_curve(&point) {
             return Err(SubscriptionError::P256dhInvalid);
         }
@@ -277,7 +307,12 @@ impl P256dh {
 impl AuthSecret {
     pub fn parse(b64: &str) -> Result<Self, SubscriptionError> {
         let bytes = decode_b64(b64, 16).ok_or(SubscriptionError::AuthInvalid)?;
-        Ok(Self(bytes.as_slice().try_into().map_err(|_| SubscriptionError::AuthInvalid)?))
+        Ok(Self(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SubscriptionError::AuthInvalid)?,
+        ))
     }
 }
 
@@ -309,14 +344,25 @@ pub struct Subscription {
 impl Subscription {
     /// Validate in field order (endpoint, keys.p256dh, keys.auth); the first
     /// fault is reported.
-    pub fn parse(json: &SubscriptionJson, allowed: &AllowedHosts) -> Result<Self, SubscriptionError> {
+    pub fn parse(
+        json: &SubscriptionJson,
+        allowed: &AllowedHosts,
+    ) -> Result<Self, SubscriptionError> {
         let endpoint = Endpoint::parse(&json.endpoint, allowed)?;
         let p256dh = P256dh::parse(&json.keys.p256dh)?;
         let auth = AuthSecret::parse(&json.keys.auth)?;
         // Browsers send a millisecond timestamp or null; anything not finite
         // is treated as "no expiry" rather than refused.
-        let expiration_time = json.expiration_time.filter(|t| t.is_finite()).map(|t| t as i64);
-        Ok(Self { endpoint, p256dh, auth, expiration_time })
+        let expiration_time = json
+            .expiration_time
+            .filter(|t| t.is_finite())
+            .map(|t| t as i64);
+        Ok(Self {
+            endpoint,
+            p256dh,
+            auth,
+            expiration_time,
+        })
     }
 }
 
@@ -395,7 +441,8 @@ mod tests {
 
     #[test]
     fn legacy_gcm_rewritten() {
-        let e = Endpoint::parse("https://android.googleapis.com/gcm/send/X:Y-z", &allowed()).unwrap();
+        let e =
+            Endpoint::parse("https://android.googleapis.com/gcm/send/X:Y-z", &allowed()).unwrap();
         assert_eq!(e.as_str(), "https://fcm.googleapis.com/fcm/send/X:Y-z");
         assert_eq!(e.host(), "fcm.googleapis.com");
         assert_eq!(e.origin(), "https://fcm.googleapis.com");
@@ -405,14 +452,32 @@ mod tests {
     fn endpoint_rejections() {
         let a = allowed();
         let err = |s: &str| Endpoint::parse(s, &a).unwrap_err();
-        assert_eq!(err("http://fcm.googleapis.com/x"), SubscriptionError::EndpointNotHttps);
+        assert_eq!(
+            err("http://fcm.googleapis.com/x"),
+            SubscriptionError::EndpointNotHttps
+        );
         assert_eq!(err("/relative"), SubscriptionError::EndpointNotHttps);
-        assert_eq!(err("wss://fcm.googleapis.com/x"), SubscriptionError::EndpointNotHttps);
+        assert_eq!(
+            err("wss://fcm.googleapis.com/x"),
+            SubscriptionError::EndpointNotHttps
+        );
         assert_eq!(err("https://"), SubscriptionError::EndpointInvalid);
-        assert_eq!(err("https://user:pass@fcm.googleapis.com/x"), SubscriptionError::EndpointHasCredentials);
-        assert_eq!(err("https://user@fcm.googleapis.com/x"), SubscriptionError::EndpointHasCredentials);
-        assert_eq!(err("https://:pass@fcm.googleapis.com/x"), SubscriptionError::EndpointHasCredentials);
-        assert_eq!(err("https://evil.com/x"), SubscriptionError::HostNotAllowed("evil.com".into()));
+        assert_eq!(
+            err("https://user:pass@fcm.googleapis.com/x"),
+            SubscriptionError::EndpointHasCredentials
+        );
+        assert_eq!(
+            err("https://user@fcm.googleapis.com/x"),
+            SubscriptionError::EndpointHasCredentials
+        );
+        assert_eq!(
+            err("https://:pass@fcm.googleapis.com/x"),
+            SubscriptionError::EndpointHasCredentials
+        );
+        assert_eq!(
+            err("https://evil.com/x"),
+            SubscriptionError::HostNotAllowed("evil.com".into())
+        );
         assert_eq!(
             err("https://push.example.com:9/x"),
             SubscriptionError::HostNotAllowed("push.example.com:9".into())
@@ -433,9 +498,21 @@ mod tests {
             (SubscriptionError::EndpointNotHttps, "endpoint", "https"),
             (SubscriptionError::EndpointInvalid, "endpoint", "valid URL"),
             (SubscriptionError::EndpointTooLong, "endpoint", "1024"),
-            (SubscriptionError::HostNotAllowed("evil.com".into()), "endpoint", "evil.com"),
-            (SubscriptionError::EndpointHasCredentials, "endpoint", "password"),
-            (SubscriptionError::P256dhInvalid, "keys.p256dh", "on the curve"),
+            (
+                SubscriptionError::HostNotAllowed("evil.com".into()),
+                "endpoint",
+                "evil.com",
+            ),
+            (
+                SubscriptionError::EndpointHasCredentials,
+                "endpoint",
+                "password",
+            ),
+            (
+                SubscriptionError::P256dhInvalid,
+                "keys.p256dh",
+                "on the curve",
+            ),
             (SubscriptionError::AuthInvalid, "keys.auth", "16 bytes"),
         ];
         let mut seen = std::collections::HashSet::new();

@@ -63,7 +63,11 @@ impl Contact {
             let Some((local, domain)) = addr.split_once('@') else {
                 return bad("mailto: contact must be an email address like you@example.com");
             };
-            if local.is_empty() || !local.bytes().all(is_atext_or_dot) || local.starts_with('.') || local.ends_with('.') {
+            if local.is_empty()
+                || !local.bytes().all(is_atext_or_dot)
+                || local.starts_with('.')
+                || local.ends_with('.')
+            {
                 return bad("mailto: contact has an invalid local part before the @");
             }
             if let Err(m) = check_public_domain(domain) {
@@ -73,7 +77,9 @@ impl Contact {
             return Ok(Self(format!("mailto:{}", &s["mailto:".len()..])));
         }
         if lower.starts_with("https:") {
-            let url = url::Url::parse(s).map_err(|e| ContactError::Invalid(format!("https: contact is not a valid URL ({e})")))?;
+            let url = url::Url::parse(s).map_err(|e| {
+                ContactError::Invalid(format!("https: contact is not a valid URL ({e})"))
+            })?;
             if !url.username().is_empty() || url.password().is_some() {
                 return bad("https: contact must not contain credentials");
             }
@@ -96,7 +102,9 @@ impl Contact {
         }
         bad("contact must start with mailto: or https:")
     }
-    pub fn as_str(&self) -> &str { &self.0 }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// RFC 5322 `atext` plus `.`: what may appear in an unquoted local part.
@@ -119,7 +127,12 @@ fn check_public_domain(domain: &str) -> Result<(), &'static str> {
         return Err("domain must have a dot, like example.com");
     }
     for l in &labels {
-        if l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if l.is_empty()
+            || l.len() > 63
+            || l.starts_with('-')
+            || l.ends_with('-')
+            || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err("has an invalid domain");
         }
     }
@@ -131,7 +144,10 @@ fn check_public_domain(domain: &str) -> Result<(), &'static str> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VapidError { #[error("signing failed: {0}")] Sign(String) }
+pub enum VapidError {
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
 
 /// Where the signer gets the time; injectable so tests can move it.
 pub trait Clock: Send + Sync {
@@ -141,10 +157,14 @@ pub trait Clock: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 impl Clock for SystemClock {
-    fn now(&self) -> SystemTime { SystemTime::now() }
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 impl<F: Fn() -> SystemTime + Send + Sync> Clock for F {
-    fn now(&self) -> SystemTime { self() }
+    fn now(&self) -> SystemTime {
+        self()
+    }
 }
 
 struct CachedHeader {
@@ -164,7 +184,10 @@ pub struct VapidSigner {
 
 impl std::fmt::Debug for VapidSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VapidSigner").field("public_key", &self.public_b64).field("contact", &self.contact).finish_non_exhaustive()
+        f.debug_struct("VapidSigner")
+            .field("public_key", &self.public_b64)
+            .field("contact", &self.contact)
+            .finish_non_exhaustive()
     }
 }
 
@@ -176,7 +199,13 @@ impl VapidSigner {
     /// As [`new`](Self::new), reading the time from `clock`.
     pub fn with_clock(key: VapidKey, contact: Option<Contact>, clock: Arc<dyn Clock>) -> Self {
         let public_b64 = key.public_key_base64();
-        Self { key, public_b64, contact, clock, cache: RwLock::new(HashMap::new()) }
+        Self {
+            key,
+            public_b64,
+            contact,
+            clock,
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     /// `vapid t=<jwt>, k=<public key>` for this endpoint's origin; cached.
@@ -205,7 +234,13 @@ impl VapidSigner {
                 cache.clear();
             }
         }
-        cache.insert(aud.to_string(), CachedHeader { header: header.clone(), expires_at });
+        cache.insert(
+            aud.to_string(),
+            CachedHeader {
+                header: header.clone(),
+                expires_at,
+            },
+        );
         Ok(header)
     }
 
@@ -213,7 +248,10 @@ impl VapidSigner {
     /// cache. For measuring signing cost; delivery uses [`authorization`](Self::authorization).
     pub fn authorization_uncached(&self, endpoint: &Endpoint) -> Result<String, VapidError> {
         let now = unix_secs(self.clock.now());
-        self.header_for(endpoint.origin(), now.saturating_add(TOKEN_LIFETIME.as_secs()))
+        self.header_for(
+            endpoint.origin(),
+            now.saturating_add(TOKEN_LIFETIME.as_secs()),
+        )
     }
 
     pub fn public_key_base64(&self) -> String {
@@ -221,7 +259,12 @@ impl VapidSigner {
     }
 
     fn header_for(&self, aud: &str, exp: u64) -> Result<String, VapidError> {
-        let jwt = sign_jwt(&self.key, aud, exp, self.contact.as_ref().map(Contact::as_str))?;
+        let jwt = sign_jwt(
+            &self.key,
+            aud,
+            exp,
+            self.contact.as_ref().map(Contact::as_str),
+        )?;
         Ok(format!("vapid t={jwt}, k={}", self.public_b64))
     }
 }
@@ -230,7 +273,12 @@ impl VapidSigner {
 const JWT_HEADER_B64: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiJ9";
 
 /// An ES256 JWS compact token with the VAPID claims.
-pub fn sign_jwt(key: &VapidKey, aud: &str, exp: u64, sub: Option<&str>) -> Result<String, VapidError> {
+pub fn sign_jwt(
+    key: &VapidKey,
+    aud: &str,
+    exp: u64,
+    sub: Option<&str>,
+) -> Result<String, VapidError> {
     #[derive(serde::Serialize)]
     struct Claims<'a> {
         aud: &'a str,
@@ -238,7 +286,8 @@ pub fn sign_jwt(key: &VapidKey, aud: &str, exp: u64, sub: Option<&str>) -> Resul
         #[serde(skip_serializing_if = "Option::is_none")]
         sub: Option<&'a str>,
     }
-    let claims = serde_json::to_vec(&Claims { aud, exp, sub }).map_err(|e| VapidError::Sign(e.to_string()))?;
+    let claims = serde_json::to_vec(&Claims { aud, exp, sub })
+        .map_err(|e| VapidError::Sign(e.to_string()))?;
     let mut token = String::with_capacity(JWT_HEADER_B64.len() + 2 + claims.len() * 4 / 3 + 4 + 86);
     token.push_str(JWT_HEADER_B64);
     token.push('.');
@@ -254,7 +303,9 @@ pub fn sign_jwt(key: &VapidKey, aud: &str, exp: u64, sub: Option<&str>) -> Resul
 
 fn unix_secs(t: SystemTime) -> u64 {
     // A clock before 1970 is broken; treat it as the epoch rather than panic.
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -265,7 +316,10 @@ mod tests {
 
     #[test]
     fn jwt_header_constant_matches() {
-        assert_eq!(URL_SAFE_NO_PAD.decode(JWT_HEADER_B64).unwrap(), br#"{"typ":"JWT","alg":"ES256"}"#);
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(JWT_HEADER_B64).unwrap(),
+            br#"{"typ":"JWT","alg":"ES256"}"#
+        );
     }
 
     #[test]
@@ -278,7 +332,10 @@ mod tests {
         ] {
             Contact::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        assert_eq!(Contact::parse("MAILTO:a@example.com").unwrap().as_str(), "mailto:a@example.com");
+        assert_eq!(
+            Contact::parse("MAILTO:a@example.com").unwrap().as_str(),
+            "mailto:a@example.com"
+        );
     }
 
     #[test]
@@ -317,12 +374,22 @@ mod tests {
         let allowed = AllowedHosts::vendors();
         let e1 = Endpoint::parse("https://fcm.googleapis.com/fcm/send/a", &allowed).unwrap();
         let e2 = Endpoint::parse("https://fcm.googleapis.com/fcm/send/b", &allowed).unwrap();
-        let other = Endpoint::parse("https://updates.push.services.mozilla.com/wpush/v2/x", &allowed).unwrap();
+        let other = Endpoint::parse(
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            &allowed,
+        )
+        .unwrap();
         let h1 = s.authorization(&e1).unwrap();
-        assert!(Arc::ptr_eq(&h1, &s.authorization(&e2).unwrap()), "same origin must share a header");
+        assert!(
+            Arc::ptr_eq(&h1, &s.authorization(&e2).unwrap()),
+            "same origin must share a header"
+        );
         assert!(!Arc::ptr_eq(&h1, &s.authorization(&other).unwrap()));
         // Just before the refresh point: still cached.
-        t.fetch_add(TOKEN_LIFETIME.as_secs() - REFRESH_MARGIN.as_secs() - 1, Ordering::SeqCst);
+        t.fetch_add(
+            TOKEN_LIFETIME.as_secs() - REFRESH_MARGIN.as_secs() - 1,
+            Ordering::SeqCst,
+        );
         assert!(Arc::ptr_eq(&h1, &s.authorization(&e1).unwrap()));
         // At the refresh point: re-signed.
         t.fetch_add(1, Ordering::SeqCst);

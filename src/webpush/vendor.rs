@@ -15,7 +15,13 @@ use super::subscription::Endpoint;
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Vendor { Fcm, Apple, Mozilla, Wns, Other }
+pub enum Vendor {
+    Fcm,
+    Apple,
+    Mozilla,
+    Wns,
+    Other,
+}
 impl Vendor {
     /// By host for the real services; for any other allowed host (a relay,
     /// a private deployment, a test emulator) by the vendor's path shape, so
@@ -29,7 +35,11 @@ impl Vendor {
     /// Path shapes: FCM `/fcm/send/<token>`, Mozilla `/wpush/v1|v2/<token>`,
     /// Apple `/3/device/<token>`, WNS `/w/?token=<token>`.
     fn of_path(url: &str) -> Self {
-        let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+        let path = url
+            .splitn(4, '/')
+            .nth(3)
+            .map(|p| format!("/{p}"))
+            .unwrap_or_default();
         if path.contains("/fcm/send/") || path.contains("/gcm/send/") {
             Self::Fcm
         } else if path.contains("/wpush/v1/") || path.contains("/wpush/v2/") {
@@ -45,7 +55,11 @@ impl Vendor {
     /// By host name (case-insensitive, no port).
     pub fn of_host(host: &str) -> Self {
         let h = host.to_ascii_lowercase();
-        let under = |suffix: &str| h.len() > suffix.len() && h.ends_with(suffix) && h.as_bytes()[h.len() - suffix.len() - 1] == b'.';
+        let under = |suffix: &str| {
+            h.len() > suffix.len()
+                && h.ends_with(suffix)
+                && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
+        };
         match h.as_str() {
             "fcm.googleapis.com" | "jmt17.google.com" | "android.googleapis.com" => Self::Fcm,
             "push.services.mozilla.com" => Self::Mozilla,
@@ -55,7 +69,15 @@ impl Vendor {
             _ => Self::Other,
         }
     }
-    pub fn as_str(self) -> &'static str { match self { Self::Fcm => "fcm", Self::Apple => "apple", Self::Mozilla => "mozilla", Self::Wns => "wns", Self::Other => "other" } }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fcm => "fcm",
+            Self::Apple => "apple",
+            Self::Mozilla => "mozilla",
+            Self::Wns => "wns",
+            Self::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +107,13 @@ pub const MAX_REASON_EXCERPT: usize = 200;
 pub const MAX_BODY_INSPECTED: usize = 16 * 1024;
 
 /// Classify a push service's HTTP answer. `now` is used for HTTP-date Retry-After.
-pub fn classify(vendor: Vendor, status: u16, headers: &reqwest::header::HeaderMap, body: &str, now: std::time::SystemTime) -> Classified {
+pub fn classify(
+    vendor: Vendor,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+    now: std::time::SystemTime,
+) -> Classified {
     let body = truncate_chars_bytes(body, MAX_BODY_INSPECTED);
     let json_reason = json_reason(body);
     // What the vendor says, in its own words: Apple's `reason`, Mozilla's
@@ -105,7 +133,9 @@ pub fn classify(vendor: Vendor, status: u16, headers: &reqwest::header::HeaderMa
         // correspond to the credentials used to create the subscription": the
         // browser subscribed with a different applicationServerKey. Only
         // re-subscribing with Herald's key can fix it.
-        (Fcm, 403) if mentions("do not correspond") || mentions("does not correspond") => KeyMismatch,
+        (Fcm, 403) if mentions("do not correspond") || mentions("does not correspond") => {
+            KeyMismatch
+        }
         // Apple VapidPkHashMismatch: the key that signed the JWT is not the
         // one the subscription was created with. Documented as 400, seen as 403.
         (Apple, 400 | 403) if said == "VapidPkHashMismatch" => KeyMismatch,
@@ -138,9 +168,13 @@ pub fn classify(vendor: Vendor, status: u16, headers: &reqwest::header::HeaderMa
         (_, 404 | 410) => Gone,
 
         // 429 Too Many Requests: slow down; Retry-After says how long.
-        (_, 429) => RateLimited { retry_after: retry_after(headers, now) },
+        (_, 429) => RateLimited {
+            retry_after: retry_after(headers, now),
+        },
         // WNS 406 Not Acceptable: "this cloud service has exceeded its throttle limit".
-        (Wns, 406) => RateLimited { retry_after: retry_after(headers, now) },
+        (Wns, 406) => RateLimited {
+            retry_after: retry_after(headers, now),
+        },
 
         // 413 Payload Too Large: this message will never fit; the subscription is fine.
         (_, 413) => Failed,
@@ -154,7 +188,11 @@ pub fn classify(vendor: Vendor, status: u16, headers: &reqwest::header::HeaderMa
         // 1xx/3xx, which a push service should never answer.
         _ => Failed,
     };
-    Classified { outcome, status: Some(status), reason: reason_text(status, said) }
+    Classified {
+        outcome,
+        status: Some(status),
+        reason: reason_text(status, said),
+    }
 }
 
 /// Classify a transport failure (timeout, connection refused, TLS error): always a retry.
@@ -190,9 +228,21 @@ pub fn classify_transport_error(err: &reqwest::Error) -> Classified {
         }
         src = e.source();
     }
-    let reason = if detail.is_empty() { kind.to_string() } else { format!("{kind}: {}", excerpt(&detail)) };
-    let outcome = if err.is_builder() { Outcome::Failed } else { Outcome::Retry };
-    Classified { outcome, status: None, reason }
+    let reason = if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {}", excerpt(&detail))
+    };
+    let outcome = if err.is_builder() {
+        Outcome::Failed
+    } else {
+        Outcome::Retry
+    };
+    Classified {
+        outcome,
+        status: None,
+        reason,
+    }
 }
 
 /// Parse a `Retry-After` value: delay-seconds or an HTTP date (RFC 9110
@@ -224,17 +274,26 @@ fn json_reason(body: &str) -> Option<String> {
     v.get("reason")
         .and_then(s)
         .or_else(|| v.get("message").and_then(s))
-        .or_else(|| v.get("error").and_then(|e| s(e).or_else(|| e.get("message").and_then(s))))
+        .or_else(|| {
+            v.get("error")
+                .and_then(|e| s(e).or_else(|| e.get("message").and_then(s)))
+        })
 }
 
 fn reason_text(status: u16, said: &str) -> String {
-    let name = reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+    let name = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason());
     let head = match name {
         Some(n) => format!("{status} {n}"),
         None => status.to_string(),
     };
     let ex = excerpt(said);
-    if ex.is_empty() { head } else { format!("{head}: {ex}") }
+    if ex.is_empty() {
+        head
+    } else {
+        format!("{head}: {ex}")
+    }
 }
 
 /// Collapse whitespace and control characters, cut to [`MAX_REASON_EXCERPT`] characters.
@@ -290,15 +349,28 @@ mod tests {
 
     #[test]
     fn vendor_of() {
-        let a = AllowedHosts::with_extra(["localhost", "push.services.mozilla.com", "*.push.services.mozilla.com"]);
+        let a = AllowedHosts::with_extra([
+            "localhost",
+            "push.services.mozilla.com",
+            "*.push.services.mozilla.com",
+        ]);
         for (url, v) in [
             ("https://fcm.googleapis.com/fcm/send/x", Vendor::Fcm),
             ("https://jmt17.google.com/fcm/send/x", Vendor::Fcm),
             ("https://android.googleapis.com/gcm/send/x", Vendor::Fcm),
             ("https://web.push.apple.com/x", Vendor::Apple),
-            ("https://updates.push.services.mozilla.com/wpush/v2/x", Vendor::Mozilla),
-            ("https://stage.push.services.mozilla.com/wpush/v2/x", Vendor::Mozilla),
-            ("https://wns2-by3p.notify.windows.com/w/?token=x", Vendor::Wns),
+            (
+                "https://updates.push.services.mozilla.com/wpush/v2/x",
+                Vendor::Mozilla,
+            ),
+            (
+                "https://stage.push.services.mozilla.com/wpush/v2/x",
+                Vendor::Mozilla,
+            ),
+            (
+                "https://wns2-by3p.notify.windows.com/w/?token=x",
+                Vendor::Wns,
+            ),
             ("https://localhost:8443/x", Vendor::Other),
             // Hosts outside the vendor list are recognised by path shape.
             ("https://localhost:8443/relay/fcm/send/x", Vendor::Fcm),
@@ -320,7 +392,10 @@ mod tests {
         assert_eq!(e.chars().count(), MAX_REASON_EXCERPT + 1);
         assert!(e.ends_with('…'));
         assert_eq!(excerpt("  a\n\r\tb\u{0}c  "), "a b c");
-        assert_eq!(excerpt(&"ab ".repeat(200)).chars().count(), MAX_REASON_EXCERPT + 1);
+        assert_eq!(
+            excerpt(&"ab ".repeat(200)).chars().count(),
+            MAX_REASON_EXCERPT + 1
+        );
     }
 
     #[test]
@@ -334,14 +409,27 @@ mod tests {
 
     #[test]
     fn gone_on_404_and_410() {
-        for v in [Vendor::Fcm, Vendor::Apple, Vendor::Mozilla, Vendor::Wns, Vendor::Other] {
+        for v in [
+            Vendor::Fcm,
+            Vendor::Apple,
+            Vendor::Mozilla,
+            Vendor::Wns,
+            Vendor::Other,
+        ] {
             assert_eq!(c(v, 404, "").outcome, Outcome::Gone);
             assert_eq!(c(v, 410, "").outcome, Outcome::Gone);
         }
         let r = c(Vendor::Apple, 410, r#"{"reason":"Unregistered"}"#);
         assert_eq!(r.reason, "410 Gone: Unregistered");
-        let r = c(Vendor::Mozilla, 410, r#"{"code":410,"errno":106,"error":"Gone","message":"Request did not validate UAID not found"}"#);
-        assert_eq!(r.reason, "410 Gone: Request did not validate UAID not found");
+        let r = c(
+            Vendor::Mozilla,
+            410,
+            r#"{"code":410,"errno":106,"error":"Gone","message":"Request did not validate UAID not found"}"#,
+        );
+        assert_eq!(
+            r.reason,
+            "410 Gone: Request did not validate UAID not found"
+        );
     }
 
     #[test]
@@ -349,12 +437,19 @@ mod tests {
         let body = "the VAPID credentials in the authorization header do not correspond to the credentials used to create the subscription.";
         let r = c(Vendor::Fcm, 403, body);
         assert_eq!(r.outcome, Outcome::KeyMismatch);
-        assert!(r.reason.starts_with("403 Forbidden: the VAPID credentials"), "{}", r.reason);
+        assert!(
+            r.reason.starts_with("403 Forbidden: the VAPID credentials"),
+            "{}",
+            r.reason
+        );
         // Same words from another vendor or status are not a mismatch.
         assert_eq!(c(Vendor::Other, 403, body).outcome, Outcome::ConfigError);
         assert_eq!(c(Vendor::Fcm, 400, body).outcome, Outcome::Failed);
         // FCM 403 for any other reason: the credentials themselves are bad.
-        assert_eq!(c(Vendor::Fcm, 403, "invalid JWT provided").outcome, Outcome::ConfigError);
+        assert_eq!(
+            c(Vendor::Fcm, 403, "invalid JWT provided").outcome,
+            Outcome::ConfigError
+        );
     }
 
     #[test]
@@ -373,15 +468,24 @@ mod tests {
         assert_eq!(r.outcome, Outcome::KeyMismatch);
         assert_eq!(r.reason, "401 Unauthorized: VAPID public key mismatch");
         let expired = r#"{"code": 401, "errno": 109, "error": "Unauthorized", "message": "Request did not validate Invalid Authorization Header"}"#;
-        assert_eq!(c(Vendor::Mozilla, 401, expired).outcome, Outcome::ConfigError);
+        assert_eq!(
+            c(Vendor::Mozilla, 401, expired).outcome,
+            Outcome::ConfigError
+        );
     }
 
     #[test]
     fn apple_bad_topic_retries_without_topic() {
         let r = c(Vendor::Apple, 400, r#"{"reason":"BadWebPushTopic"}"#);
         assert_eq!(r.outcome, Outcome::RetryWithoutTopic);
-        assert_eq!(c(Vendor::Other, 400, r#"{"reason":"BadWebPushTopic"}"#).outcome, Outcome::Failed);
-        assert_eq!(c(Vendor::Apple, 400, r#"{"reason":"BadExpirationDate"}"#).outcome, Outcome::Failed);
+        assert_eq!(
+            c(Vendor::Other, 400, r#"{"reason":"BadWebPushTopic"}"#).outcome,
+            Outcome::Failed
+        );
+        assert_eq!(
+            c(Vendor::Apple, 400, r#"{"reason":"BadExpirationDate"}"#).outcome,
+            Outcome::Failed
+        );
     }
 
     #[test]
@@ -389,8 +493,15 @@ mod tests {
         let r = c(Vendor::Apple, 403, r#"{"reason":"BadJwtToken"}"#);
         assert_eq!(r.outcome, Outcome::ConfigError);
         assert_eq!(r.reason, "403 Forbidden: BadJwtToken");
-        assert_eq!(c(Vendor::Apple, 403, r#"{"reason":"ExpiredJwtToken"}"#).outcome, Outcome::ConfigError);
-        let r = c(Vendor::Fcm, 400, "<HTML><BODY>UnauthorizedRegistration</BODY></HTML>");
+        assert_eq!(
+            c(Vendor::Apple, 403, r#"{"reason":"ExpiredJwtToken"}"#).outcome,
+            Outcome::ConfigError
+        );
+        let r = c(
+            Vendor::Fcm,
+            400,
+            "<HTML><BODY>UnauthorizedRegistration</BODY></HTML>",
+        );
         assert_eq!(r.outcome, Outcome::ConfigError);
         assert_eq!(c(Vendor::Wns, 401, "").outcome, Outcome::ConfigError);
         assert_eq!(c(Vendor::Wns, 403, "").outcome, Outcome::ConfigError);
@@ -403,30 +514,57 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("retry-after", "120".parse().unwrap());
         let r = classify(Vendor::Fcm, 429, &h, "", now);
-        assert_eq!(r.outcome, Outcome::RateLimited { retry_after: Some(Duration::from_secs(120)) });
+        assert_eq!(
+            r.outcome,
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(120))
+            }
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         h.insert("retry-after", date.parse().unwrap());
-        assert_eq!(classify(Vendor::Apple, 429, &h, "", now).outcome, Outcome::RateLimited { retry_after: Some(Duration::from_secs(90)) });
+        assert_eq!(
+            classify(Vendor::Apple, 429, &h, "", now).outcome,
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(90))
+            }
+        );
         // WNS throttling is 406.
-        assert_eq!(classify(Vendor::Wns, 406, &h, "", now).outcome, Outcome::RateLimited { retry_after: Some(Duration::from_secs(90)) });
+        assert_eq!(
+            classify(Vendor::Wns, 406, &h, "", now).outcome,
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(90))
+            }
+        );
         assert_eq!(c(Vendor::Fcm, 406, "").outcome, Outcome::Failed);
         h.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(classify(Vendor::Other, 429, &h, "", now).outcome, Outcome::RateLimited { retry_after: None });
-        assert_eq!(c(Vendor::Other, 429, "").outcome, Outcome::RateLimited { retry_after: None });
+        assert_eq!(
+            classify(Vendor::Other, 429, &h, "", now).outcome,
+            Outcome::RateLimited { retry_after: None }
+        );
+        assert_eq!(
+            c(Vendor::Other, 429, "").outcome,
+            Outcome::RateLimited { retry_after: None }
+        );
     }
 
     #[test]
     fn retry_after_parsing() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(" 30 ", now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(" 30 ", now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(parse_retry_after("1.5", now), None);
         assert_eq!(parse_retry_after("", now), None);
         assert_eq!(parse_retry_after("99999999999999999999999", now), None);
         let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", UNIX_EPOCH_PLUS(1445412470)), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", UNIX_EPOCH_PLUS(1445412470)),
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[allow(non_snake_case)]
@@ -443,7 +581,11 @@ mod tests {
 
     #[test]
     fn permanent_failures() {
-        let r = c(Vendor::Mozilla, 413, r#"{"code":413,"errno":104,"error":"Payload Too Large","message":"Message too big"}"#);
+        let r = c(
+            Vendor::Mozilla,
+            413,
+            r#"{"code":413,"errno":104,"error":"Payload Too Large","message":"Message too big"}"#,
+        );
         assert_eq!(r.outcome, Outcome::Failed);
         assert_eq!(r.reason, "413 Payload Too Large: Message too big");
         for s in [400, 405, 408, 411, 415, 499, 100, 301, 600, 0, 65535] {
@@ -456,17 +598,28 @@ mod tests {
     fn reason_excerpt_is_short_and_clean() {
         let body = format!("line1\n\x1b[31m{}", "x".repeat(5000));
         let r = c(Vendor::Fcm, 400, &body);
-        assert!(r.reason.starts_with("400 Bad Request: line1 [31mxxx"), "{}", r.reason);
+        assert!(
+            r.reason.starts_with("400 Bad Request: line1 [31mxxx"),
+            "{}",
+            r.reason
+        );
         assert!(r.reason.chars().count() <= "400 Bad Request: ".len() + MAX_REASON_EXCERPT + 1);
         assert!(!r.reason.chars().any(char::is_control));
         // Google-style JSON error.
-        let r = c(Vendor::Fcm, 400, r#"{"error":{"code":400,"message":"Bad things"}}"#);
+        let r = c(
+            Vendor::Fcm,
+            400,
+            r#"{"error":{"code":400,"message":"Bad things"}}"#,
+        );
         assert_eq!(r.reason, "400 Bad Request: Bad things");
     }
 
     #[test]
     fn transport_errors() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _guard = rt.enter();
         let client = reqwest::Client::new();
         let err = client.get("http://[bad").build().unwrap_err();
@@ -477,7 +630,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let err = rt.block_on(client.post(format!("http://127.0.0.1:{port}/x")).send()).unwrap_err();
+        let err = rt
+            .block_on(client.post(format!("http://127.0.0.1:{port}/x")).send())
+            .unwrap_err();
         let r = classify_transport_error(&err);
         assert_eq!((r.outcome, r.status), (Outcome::Retry, None));
         assert!(r.reason.starts_with("connection failed"), "{}", r.reason);
@@ -486,8 +641,13 @@ mod tests {
         // A server that accepts and never answers: timeout.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let slow = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
-        let err = rt.block_on(slow.post(format!("http://{addr}/x")).send()).unwrap_err();
+        let slow = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(slow.post(format!("http://{addr}/x")).send())
+            .unwrap_err();
         let r = classify_transport_error(&err);
         assert_eq!(r.outcome, Outcome::Retry);
         assert!(r.reason.starts_with("timeout"), "{}", r.reason);
