@@ -10,6 +10,16 @@
 //! - [`vapid`]: RFC 8292 `Authorization` header with a per-audience cache.
 //! - [`request`]: RFC 8030 headers (TTL, Urgency, Topic) and the request itself.
 //! - [`vendor`]: which push service an endpoint belongs to and what its answers mean.
+//!
+//! All cryptography is aws-lc-rs. The receiving side of the encryption
+//! ([`ece::decrypt`], [`ece::decrypt_request`]) is here too, so tests and a
+//! push-service stand-in can read what Herald sends. With the `rustcrypto`
+//! feature, `backend_rustcrypto` re-implements encryption and signing on the
+//! RustCrypto crates for the backend comparison benchmark only.
+//!
+//! Nothing in this module panics on untrusted input (subscriptions, push
+//! service answers, bodies to decrypt); the property tests in
+//! `tests/webpush_props.rs` hold it to that.
 
 /// Alternative crypto backend, for the backend comparison benchmark only.
 #[cfg(feature = "rustcrypto")]
