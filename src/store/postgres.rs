@@ -25,8 +25,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -66,26 +66,36 @@ impl PgStore {
         max_connections: u32,
         statement_timeout_ms: u64,
     ) -> Result<Self> {
-        let mut options =
-            PgConnectOptions::from_str(url)?.options([("statement_timeout", statement_timeout_ms)]);
-        if options.get_application_name().is_none() {
-            options = options.application_name("herald");
+        let mut base = PgConnectOptions::from_str(url)?;
+        if base.get_application_name().is_none() {
+            base = base.application_name("herald");
         }
+        // Migrations run on a connection of their own without the statement
+        // timeout: a schema change on a large queue, or waiting for another
+        // instance that is migrating, may take longer than any request should.
+        {
+            let mut conn = PgConnection::connect_with(&base).await?;
+            let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&mut conn)
+                .await?;
+            if schema.is_none() {
+                return Err(StoreError::Corrupt(
+                    "the search_path names no existing schema: create the schema first".into(),
+                ));
+            }
+            MIGRATOR.run(&mut conn).await?;
+            let _ = conn.close().await;
+        }
+        let options = base.options([("statement_timeout", statement_timeout_ms)]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(true)
             .connect_with(options.clone())
             .await?;
-        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
             .fetch_one(&pool)
             .await?;
-        let Some(schema) = schema else {
-            return Err(StoreError::Corrupt(
-                "the search_path names no existing schema: create the schema first".into(),
-            ));
-        };
-        MIGRATOR.run(&pool).await?;
         Ok(PgStore {
             pool,
             options,
