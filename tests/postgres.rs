@@ -16,7 +16,7 @@ use herald::store::Store;
 use herald::{Application, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::emulator::{EmuVendor, Emulator, Subscriber};
+use support::emulator::{EmuVendor, Emulator, Scripted, Subscriber};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -144,6 +144,38 @@ async fn work_queued_by_another_instance_wakes_this_one_at_once() {
     let last: serde_json::Value =
         serde_json::from_slice(got.last().unwrap().plaintext.as_ref().unwrap()).unwrap();
     assert_eq!(last["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_through_another_instance_wakes_this_one() {
+    let (emu, schema, app, acme, sub) = setup(None).await;
+    let other = elsewhere(&schema).await;
+    // A retry due in an hour: this instance sleeps until then.
+    emu.script(&sub, vec![Scripted::status(429).retry_after("3600")]);
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "later", "body": "b"}),
+        )
+        .await;
+    emu.wait_until(WAIT, |all| all.len() >= 2)
+        .await
+        .expect("the first attempt arrives");
+    let deadline = Instant::now() + WAIT;
+    while app.queue("status=pending").await.is_empty() {
+        assert!(Instant::now() < deadline, "the retry was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(other.queue_force(now_millis()).await.unwrap(), 1);
+    emu.wait_for(2, WAIT).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

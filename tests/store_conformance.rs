@@ -101,6 +101,7 @@ conformance!(
     claims_from_two_instances_share_max_concurrency_and_never_overlap,
     an_expired_lease_is_claimed_again,
     the_outcome_of_a_stale_claim_changes_nothing,
+    work_removed_while_claimed_stays_removed,
     every_disposition_is_recorded,
     gone_removes_the_subscription_and_its_other_queued_deliveries,
     the_next_due_time_ignores_paused_apps,
@@ -1486,5 +1487,51 @@ async fn purging_removes_old_history_only(db: &Db) {
             id: recent.id.clone(),
             deliveries: 1
         }
+    );
+}
+
+async fn work_removed_while_claimed_stays_removed(db: &Db) {
+    // Another instance clears the queue or regenerates the app's keys while
+    // this one is sending: the outcomes it records afterwards change nothing.
+    let s = &db.store;
+    let other = db.another_instance().await;
+    let t = now();
+    let a = app(s, 10).await;
+    let b = app(s, 10).await;
+    let a_sub = sub(s, &a, "bo").await;
+    let b_sub = sub(s, &b, "bo").await;
+    send(s, &a, Recipients::All, t - 1000).await;
+    send(s, &b, Recipients::All, t - 1000).await;
+    let claimed = s.deliveries_claim(t, t + 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(other.queue_clear(Some(&a.id)).await.unwrap(), 1);
+    assert_eq!(
+        other.app_regenerate(&b.id, "new", &[2]).await.unwrap(),
+        Some((1, 1))
+    );
+    let outcomes: Vec<Recorded> = claimed
+        .iter()
+        .map(|c| {
+            recorded(
+                c,
+                Disposition::Gone {
+                    error: "410".into(),
+                },
+            )
+        })
+        .collect();
+    s.deliveries_record(&outcomes, t).await.unwrap();
+    assert!(
+        rows(s, &a, None).await.is_empty(),
+        "a cleared delivery is not brought back"
+    );
+    assert!(rows(s, &b, None).await.is_empty());
+    assert!(
+        s.subscription_get(&a.id, &a_sub).await.unwrap().is_some(),
+        "an outcome of removed work deletes nothing"
+    );
+    assert!(
+        s.subscription_get(&b.id, &b_sub).await.unwrap().is_none(),
+        "removed by the regeneration"
     );
 }
