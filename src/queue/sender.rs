@@ -175,11 +175,18 @@ impl Sender {
                     None,
                 )
             }
-            Outcome::Retry if self.policy.may_retry(attempts) => (
-                self.retry_or_expire(c, now, self.policy.backoff(attempts), reason, true, false),
+            Outcome::Retry { after } if self.policy.may_retry(attempts) => (
+                self.retry_or_expire(
+                    c,
+                    now,
+                    after.unwrap_or_else(|| self.policy.backoff(attempts)),
+                    reason,
+                    true,
+                    false,
+                ),
                 None,
             ),
-            Outcome::Retry => (
+            Outcome::Retry { .. } => (
                 Disposition::Failed {
                     error: format!("{reason} (gave up after {attempts} attempts)"),
                 },

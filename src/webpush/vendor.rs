@@ -35,11 +35,11 @@ impl Vendor {
     /// Path shapes: FCM `/fcm/send/<token>`, Mozilla `/wpush/v1|v2/<token>`,
     /// Apple `/3/device/<token>`, WNS `/w/?token=<token>`.
     fn of_path(url: &str) -> Self {
+        // Everything from the first '/' after "scheme://host".
         let path = url
-            .splitn(4, '/')
-            .nth(3)
-            .map(|p| format!("/{p}"))
-            .unwrap_or_default();
+            .find("://")
+            .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
+            .unwrap_or("");
         if path.contains("/fcm/send/") || path.contains("/gcm/send/") {
             Self::Fcm
         } else if path.contains("/wpush/v1/") || path.contains("/wpush/v2/") {
@@ -86,7 +86,9 @@ pub enum Outcome {
     Gone,
     KeyMismatch,
     RateLimited { retry_after: Option<Duration> },
-    Retry,
+    /// Try again after a backoff, or after `after` when the service said
+    /// when (a 503 with Retry-After).
+    Retry { after: Option<Duration> },
     RetryWithoutTopic,
     ConfigError,
     Failed,
@@ -181,7 +183,10 @@ pub fn classify(
 
         // 5xx: the service's own trouble (Apple InternalServerError,
         // ServiceUnavailable, FCM/Mozilla 502/503). Try again later.
-        (_, 500..=599) => Retry,
+        // A 503 may say when to come back; that wait is honoured.
+        (_, 500..=599) => Retry {
+            after: retry_after(headers, now),
+        },
 
         // Any other 4xx: this request is malformed in a way retrying will not
         // fix (e.g. Apple BadExpirationDate, Mozilla 400 errno 101..). Also
@@ -236,7 +241,7 @@ pub fn classify_transport_error(err: &reqwest::Error) -> Classified {
     let outcome = if err.is_builder() {
         Outcome::Failed
     } else {
-        Outcome::Retry
+        Outcome::Retry { after: None }
     };
     Classified {
         outcome,
@@ -575,7 +580,7 @@ mod tests {
     #[test]
     fn retry_on_5xx() {
         for s in [500, 502, 503, 504, 599] {
-            assert_eq!(c(Vendor::Fcm, s, "").outcome, Outcome::Retry);
+            assert_eq!(c(Vendor::Fcm, s, "").outcome, Outcome::Retry { after: None });
         }
     }
 
@@ -634,7 +639,7 @@ mod tests {
             .block_on(client.post(format!("http://127.0.0.1:{port}/x")).send())
             .unwrap_err();
         let r = classify_transport_error(&err);
-        assert_eq!((r.outcome, r.status), (Outcome::Retry, None));
+        assert_eq!((r.outcome, r.status), (Outcome::Retry { after: None }, None));
         assert!(r.reason.starts_with("connection failed"), "{}", r.reason);
         assert!(!r.reason.contains("/x"), "{}", r.reason);
 
@@ -649,7 +654,7 @@ mod tests {
             .block_on(slow.post(format!("http://{addr}/x")).send())
             .unwrap_err();
         let r = classify_transport_error(&err);
-        assert_eq!(r.outcome, Outcome::Retry);
+        assert_eq!(r.outcome, Outcome::Retry { after: None });
         assert!(r.reason.starts_with("timeout"), "{}", r.reason);
         drop(l);
     }
