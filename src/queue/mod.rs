@@ -49,7 +49,14 @@ struct Inner {
 }
 
 impl Queue {
-    pub fn new(store: Store, sender: Arc<Sender>, concurrency: usize, claim_batch: u32, lease: Duration, retention: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        sender: Arc<Sender>,
+        concurrency: usize,
+        claim_batch: u32,
+        lease: Duration,
+        retention: Duration,
+    ) -> Self {
         Queue {
             inner: Arc::new(Inner {
                 store,
@@ -91,7 +98,11 @@ impl Queue {
         maintenance.abort();
     }
 
-    async fn dispatch(&self, tx: mpsc::UnboundedSender<(Recorded, Option<String>, String, OwnedSemaphorePermit)>, stop: CancellationToken) {
+    async fn dispatch(
+        &self,
+        tx: mpsc::UnboundedSender<(Recorded, Option<String>, String, OwnedSemaphorePermit)>,
+        stop: CancellationToken,
+    ) {
         let q = &self.inner;
         loop {
             if stop.is_cancelled() {
@@ -108,7 +119,11 @@ impl Queue {
             }
             let now = now_millis();
             let limit = (room as u32).min(q.claim_batch);
-            let claimed = match q.store.deliveries_claim(now, now + q.lease.as_millis() as i64, limit).await {
+            let claimed = match q
+                .store
+                .deliveries_claim(now, now + q.lease.as_millis() as i64, limit)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming deliveries failed; retrying shortly");
@@ -124,13 +139,36 @@ impl Queue {
                 continue;
             }
             for c in claimed {
-                let permit = q.permits.clone().try_acquire_owned().expect("claims never exceed free permits");
+                let permit = q
+                    .permits
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("claims never exceed free permits");
                 let sender = q.sender.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let Decision { disposition, config_error } = sender.deliver(&c).await;
-                    let Claimed { id, claims, subscription_id, app_id, .. } = c;
-                    let _ = tx.send((Recorded { id, claims, subscription_id, disposition }, config_error, app_id, permit));
+                    let Decision {
+                        disposition,
+                        config_error,
+                    } = sender.deliver(&c).await;
+                    let Claimed {
+                        id,
+                        claims,
+                        subscription_id,
+                        app_id,
+                        ..
+                    } = c;
+                    let _ = tx.send((
+                        Recorded {
+                            id,
+                            claims,
+                            subscription_id,
+                            disposition,
+                        },
+                        config_error,
+                        app_id,
+                        permit,
+                    ));
                 });
             }
         }
@@ -166,7 +204,10 @@ impl Queue {
         }
     }
 
-    async fn record(self, mut rx: mpsc::UnboundedReceiver<(Recorded, Option<String>, String, OwnedSemaphorePermit)>) {
+    async fn record(
+        self,
+        mut rx: mpsc::UnboundedReceiver<(Recorded, Option<String>, String, OwnedSemaphorePermit)>,
+    ) {
         let q = &self.inner;
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut permits = Vec::with_capacity(RECORD_BATCH);
@@ -180,7 +221,11 @@ impl Queue {
             }
             for (recorded, config_error, app_id, permit) in items {
                 if let Some(error) = config_error {
-                    if let Err(e) = q.store.app_set_config_error(&app_id, Some(&error), now_millis()).await {
+                    if let Err(e) = q
+                        .store
+                        .app_set_config_error(&app_id, Some(&error), now_millis())
+                        .await
+                    {
                         tracing::warn!(app = %app_id, error = %e, "recording the app's configuration error failed");
                     }
                     tracing::warn!(app = %app_id, %error, "push service rejected the app's VAPID configuration");
@@ -207,7 +252,9 @@ impl Queue {
         loop {
             let before = now_millis() - self.inner.retention.as_millis() as i64;
             match self.inner.store.purge_finished(before).await {
-                Ok(n) if n > 0 => tracing::info!(deliveries = n, "purged finished deliveries past retention"),
+                Ok(n) if n > 0 => {
+                    tracing::info!(deliveries = n, "purged finished deliveries past retention")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "purging finished deliveries failed"),
             }
