@@ -126,6 +126,7 @@ describe('pages', () => {
       ['/herald.js', 'javascript'], ['/static/herald.css', 'text/css'], ['/static/admin.js', 'javascript'],
       ['/static/settings.js', 'javascript'], ['/static/index.js', 'javascript'], ['/static/herald.mjs', 'javascript'], ['/static/icon.svg', 'svg']]) {
       const res = await fetch(BASE + p);
+      await res.arrayBuffer(); // an unread body keeps the connection, and this process, alive
       assert.equal(res.status, 200, `${p} status`);
       assert.match(res.headers.get('content-type') || '', new RegExp(type), `${p} content type`);
     }

@@ -52,7 +52,10 @@ export async function startNotificationServer() {
     if (msg.event === 'close') closed.add(msg.id);
     for (const w of [...waiters]) w();
   });
-  await Promise.race([readyPromise, new Promise((_, rej) => setTimeout(() => rej(new Error('notification server did not start')), 10000))]);
+  let startTimer;
+  await Promise.race([readyPromise, new Promise((_, rej) => {
+    startTimer = setTimeout(() => rej(new Error('notification server did not start')), 10000);
+  })]).finally(() => clearTimeout(startTimer));
 
   const onChange = (check, timeoutMs, what) => new Promise((resolve, reject) => {
     const tryIt = () => {
