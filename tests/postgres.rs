@@ -488,8 +488,7 @@ async fn the_statement_timeout_bounds_a_blocked_statement() {
     let err = store
         .app_update(&app.id, None, Some(2))
         .await
-        .err()
-        .expect("cancelled by the statement timeout");
+        .expect_err("cancelled by the statement timeout");
     assert!(err.to_string().contains("statement timeout"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

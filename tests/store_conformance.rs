@@ -802,7 +802,7 @@ async fn claims_from_two_instances_share_max_concurrency_and_never_overlap(db: &
     // in force never exceed 7 and no delivery is claimed twice.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
-    for s in stores.iter().cloned() {
+    for s in stores {
         let seen = seen.clone();
         let app = a.clone();
         tasks.push(tokio::spawn(async move {

@@ -55,7 +55,8 @@ const QUEUED: &str = "('pending', 'in_flight')";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    options: PgConnectOptions,
+    /// For the listener's own connection.
+    options: Arc<PgConnectOptions>,
     /// `current_schema()` of the connections: the notification payload.
     schema: Arc<str>,
 }
@@ -98,7 +99,7 @@ impl PgStore {
             .await?;
         Ok(PgStore {
             pool,
-            options,
+            options: Arc::new(options),
             schema: schema.into(),
         })
     }
@@ -123,7 +124,7 @@ impl PgStore {
         on_wake: Arc<dyn Fn() + Send + Sync>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let options = self.options.clone().application_name(&format!(
+        let options = (*self.options).clone().application_name(&format!(
             "{}-listener",
             self.options.get_application_name().unwrap_or("herald")
         ));
