@@ -131,7 +131,7 @@ proptest! {
         prop_assert!(c.reason.chars().count() <= 40 + vendor::MAX_REASON_EXCERPT);
         prop_assert!(!c.reason.chars().any(char::is_control));
         if (200..300).contains(&status) { prop_assert_eq!(&c.outcome, &Outcome::Delivered); }
-        if (500..600).contains(&status) { prop_assert!(matches!(c.outcome, Outcome::Retry { .. })); }
+        if (500..600).contains(&status) { let retry = matches!(c.outcome, Outcome::Retry { .. }); prop_assert!(retry, "5xx must be a retry: {:?}", c.outcome); }
     }
 
     #[test]
