@@ -47,6 +47,7 @@ fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
         .env("HERALD_REQUEST_TIMEOUT_MS", "2000")
         .env("HERALD_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("herald.log")).unwrap())
         .spawn()
         .expect("herald binary starts");
     Herald {
@@ -55,16 +56,20 @@ fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
     }
 }
 
-async fn ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+/// Waits for /healthz; on failure says whether the process died, with its log.
+async fn ready(http: &reqwest::Client, herald: &mut Herald, dir: &std::path::Path) {
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{}/healthz", herald.base)).send().await {
             if r.status().is_success() {
                 return;
             }
         }
+        if let Some(status) = herald.child.try_wait().unwrap() {
+            panic!("herald exited with {status}: {}", std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("herald did not become healthy");
+    panic!("herald did not become healthy in 30 s: {}", std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default());
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
@@ -86,7 +91,7 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let port = free_port();
     let http = reqwest::Client::new();
     let mut herald = start(dir.path(), port, &emu);
-    ready(&http, &herald.base).await;
+    ready(&http, &mut herald, dir.path()).await;
 
     let app = post(
         &http,
@@ -138,7 +143,7 @@ async fn sigkill_mid_delivery_loses_nothing() {
     );
 
     let mut herald = start(dir.path(), port, &emu);
-    ready(&http, &herald.base).await;
+    ready(&http, &mut herald, dir.path()).await;
     for id in &ids {
         let url = format!("{}/api/v1/apps/{app_id}/notifications/{id}", herald.base);
         let mut n = Value::Null;
