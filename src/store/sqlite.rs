@@ -30,7 +30,20 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Notifications to accept, committed together by [`accept_loop`].
+    accept: tokio::sync::mpsc::Sender<AcceptJob>,
 }
+
+/// One send request waiting for its notification to be stored.
+struct AcceptJob {
+    notification: NewNotification,
+    idempotency_key: Option<String>,
+    window_ms: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Accepted>>,
+}
+
+/// Most notifications committed by one synced transaction.
+const ACCEPT_BATCH: usize = 256;
 
 const QUEUED: &str = "('pending', 'in_flight')";
 
@@ -60,7 +73,13 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let (accept, jobs) = tokio::sync::mpsc::channel(4 * ACCEPT_BATCH);
+        tokio::spawn(accept_loop(writer.clone(), jobs));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            accept,
+        })
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -324,13 +343,161 @@ impl SqliteStore {
 
     // ---- notifications -------------------------------------------------
 
+    /// Stores a notification with its fan-out. Concurrent calls are committed
+    /// together (group commit): one fsync for a burst of send requests
+    /// instead of one each, since SQLite has a single writer.
     pub async fn notification_create(
         &self,
         n: &NewNotification,
         idempotency_key: Option<&str>,
         window_ms: i64,
     ) -> Result<Accepted> {
-        let mut tx = self.writer.begin().await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = AcceptJob {
+            notification: n.clone(),
+            idempotency_key: idempotency_key.map(str::to_string),
+            window_ms,
+            reply,
+        };
+        self.accept
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Corrupt("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Corrupt("the store is shutting down".into()))?
+    }
+
+    pub async fn notification_get(
+        &self,
+        app_id: &str,
+        id: &str,
+    ) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
+        let Some(row) = sqlx::query("SELECT id, app_id, title, created_at, expires_at FROM notifications WHERE app_id = ? AND id = ?")
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let n = NotificationRow {
+            id: row.get("id"),
+            app_id: row.get("app_id"),
+            title: row.get("title"),
+            created_at: row.get("created_at"),
+            expires_at: row.get("expires_at"),
+        };
+        let rows = sqlx::query(&format!(
+            "{QUEUE_SELECT} WHERE d.notification_id = ? ORDER BY d.id"
+        ))
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Some((n, rows.iter().map(queue_row).collect())))
+    }
+
+    // ---- the delivery queue -------------------------------------------
+
+    /// The writer, switched to `synchronous = NORMAL` for a claim or an
+    /// outcome write. Hand it back with [`restore_synced`].
+    async fn relaxed_writer(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
+    pub async fn deliveries_claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let mut conn = self.relaxed_writer().await?;
+        let out = claim(&mut conn, now, lease_until, limit).await;
+        restore_synced(conn).await;
+        out
+    }
+
+    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.relaxed_writer().await?;
+        let out = record(&mut conn, outcomes, now).await;
+        restore_synced(conn).await;
+        out
+    }
+}
+
+/// Commits waiting notifications in batches. Each job runs in its own
+/// savepoint, so one failing insert answers its caller with the error and
+/// leaves the others in the batch untouched.
+async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<AcceptJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < ACCEPT_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match accept_batch(&writer, &batch).await {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            // The batch as a whole could not commit: nothing of it is stored,
+            // so each job gets its own error from a transaction of its own.
+            Err(_) => {
+                for job in batch {
+                    let result = accept_batch(&writer, std::slice::from_ref(&job))
+                        .await
+                        .and_then(|mut r| r.remove(0));
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn accept_batch<'a>(
+    writer: &'a SqlitePool,
+    batch: &'a [AcceptJob],
+) -> futures::future::BoxFuture<'a, Result<Vec<Result<Accepted>>>> {
+    Box::pin(async move {
+        let mut tx = writer.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            sqlx::query("SAVEPOINT accept").execute(&mut *tx).await?;
+            let result = accept_one(
+                &mut tx,
+                &job.notification,
+                job.idempotency_key.as_deref(),
+                job.window_ms,
+            )
+            .await;
+            if result.is_err() {
+                sqlx::query("ROLLBACK TO accept").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE accept").execute(&mut *tx).await?;
+            results.push(result);
+        }
+        tx.commit().await?;
+        Ok(results)
+    })
+}
+
+fn accept_one<'a>(
+    tx: &'a mut sqlx::SqliteConnection,
+    n: &'a NewNotification,
+    idempotency_key: Option<&'a str>,
+    window_ms: i64,
+) -> futures::future::BoxFuture<'a, Result<Accepted>> {
+    Box::pin(async move {
         if let Some(key) = idempotency_key {
             let seen = sqlx::query("SELECT notification_id, deliveries, created_at FROM idempotency_keys WHERE app_id = ? AND key = ?")
                 .bind(&n.app_id)
@@ -419,75 +586,11 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(Accepted::Created {
             id: n.id.clone(),
             deliveries,
         })
-    }
-
-    pub async fn notification_get(
-        &self,
-        app_id: &str,
-        id: &str,
-    ) -> Result<Option<(NotificationRow, Vec<QueueRow>)>> {
-        let Some(row) = sqlx::query("SELECT id, app_id, title, created_at, expires_at FROM notifications WHERE app_id = ? AND id = ?")
-            .bind(app_id)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let n = NotificationRow {
-            id: row.get("id"),
-            app_id: row.get("app_id"),
-            title: row.get("title"),
-            created_at: row.get("created_at"),
-            expires_at: row.get("expires_at"),
-        };
-        let rows = sqlx::query(&format!(
-            "{QUEUE_SELECT} WHERE d.notification_id = ? ORDER BY d.id"
-        ))
-        .bind(id)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(Some((n, rows.iter().map(queue_row).collect())))
-    }
-
-    // ---- the delivery queue -------------------------------------------
-
-    /// The writer, switched to `synchronous = NORMAL` for a claim or an
-    /// outcome write. Hand it back with [`restore_synced`].
-    async fn relaxed_writer(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        Ok(conn)
-    }
-
-    pub async fn deliveries_claim(
-        &self,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<Claimed>> {
-        let mut conn = self.relaxed_writer().await?;
-        let out = claim(&mut conn, now, lease_until, limit).await;
-        restore_synced(conn).await;
-        out
-    }
-
-    pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.relaxed_writer().await?;
-        let out = record(&mut conn, outcomes, now).await;
-        restore_synced(conn).await;
-        out
-    }
+    })
 }
 
 /// Puts the writer back to FULL; if that fails the connection is closed
