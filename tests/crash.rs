@@ -29,6 +29,14 @@ struct Herald {
     base: String,
 }
 
+/// A failing assertion must not leave a server running.
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
     let child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("serve")

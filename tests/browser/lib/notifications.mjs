@@ -75,6 +75,9 @@ export async function startNotificationServer() {
     /** Waits for a notification whose summary (title) matches. */
     waitFor: (summary, timeoutMs = 10000) =>
       onChange(() => shown.find((n) => n.summary === summary && !closed.has(n.id)), timeoutMs, `notification “${summary}”`),
+    /** Waits for a shown notification that satisfies `pred`. */
+    waitForMatch: (pred, what, timeoutMs = 10000) =>
+      onChange(() => shown.find((n) => pred(n) && !closed.has(n.id)), timeoutMs, what),
     waitClosed: (id, timeoutMs = 10000) => onChange(() => closed.has(id), timeoutMs, `notification ${id} to close`),
     click: (id) => { daemon.stdin.write(`click ${id}\n`); },
     async stop() {
