@@ -605,6 +605,16 @@ async fn restore_synced(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
     }
 }
 
+const CLAIM_DUE: &str = "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, claims = claims + 1, sent_at = ?2
+    WHERE id IN (SELECT id FROM deliveries WHERE app_id = ?3 AND status = 'pending' AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?4)
+    RETURNING id";
+
+const CLAIM_EXPIRED_LEASES: &str = "UPDATE deliveries SET lease_until = ?1, claims = claims + 1, sent_at = ?2
+    WHERE id IN (SELECT id FROM deliveries WHERE app_id = ?3 AND status = 'in_flight' AND lease_until <= ?2
+                 ORDER BY lease_until LIMIT ?4)
+    RETURNING id";
+
 async fn claim(
     conn: &mut sqlx::SqliteConnection,
     now: Millis,
@@ -629,23 +639,26 @@ async fn claim(
             if take <= 0 {
                 continue;
             }
-            // Due pending work first, then leases that ran out (a crashed worker's).
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, claims = claims + 1, sent_at = ?2
-                 WHERE id IN (
-                     SELECT id FROM (
-                         SELECT id, next_attempt_at AS due FROM deliveries WHERE app_id = ?3 AND status = 'pending' AND next_attempt_at <= ?2
-                         UNION ALL
-                         SELECT id, lease_until AS due FROM deliveries WHERE app_id = ?3 AND status = 'in_flight' AND lease_until <= ?2
-                     ) ORDER BY due LIMIT ?4)
-                 RETURNING id",
-            )
-            .bind(lease_until)
-            .bind(now)
-            .bind(&app_id)
-            .bind(take)
-            .fetch_all(&mut *tx)
-            .await?;
+            // Leases that ran out (a crashed worker's) first: they are overdue.
+            // Each statement reads its partial index in order, so a claim
+            // costs the same with ten or a million deliveries waiting.
+            let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM_EXPIRED_LEASES)
+                .bind(lease_until)
+                .bind(now)
+                .bind(&app_id)
+                .bind(take)
+                .fetch_all(&mut *tx)
+                .await?;
+            if (ids.len() as i64) < take {
+                let due: Vec<i64> = sqlx::query_scalar(CLAIM_DUE)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(&app_id)
+                    .bind(take - ids.len() as i64)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                ids.extend(due);
+            }
             budget -= ids.len() as i64;
             claimed_ids.extend(ids);
             if budget <= 0 {
@@ -743,13 +756,42 @@ fn row_change(d: &Disposition, now: Millis) -> RowChange<'_> {
     }
 }
 
+/// Deliveries per statement when recording successes together.
+const DELIVERED_CHUNK: usize = 500;
+
 async fn record(
     conn: &mut sqlx::SqliteConnection,
     outcomes: &[Recorded],
     now: Millis,
 ) -> Result<()> {
     let mut tx = conn.begin().await?;
-    for o in outcomes {
+    // Successes, the common case, are one statement per chunk, fenced by the
+    // same (id, claims) match as every other outcome.
+    let (delivered, others): (Vec<&Recorded>, Vec<&Recorded>) = outcomes
+        .iter()
+        .partition(|o| matches!(o.disposition, Disposition::Delivered { .. }));
+    for chunk in delivered.chunks(DELIVERED_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL,
+                 finished_at = v.column3, lease_until = NULL FROM (",
+        );
+        q.push_values(chunk, |mut row, o| {
+            let at = match o.disposition {
+                Disposition::Delivered { at } => at,
+                _ => now,
+            };
+            row.push_bind(o.id).push_bind(o.claims).push_bind(at);
+        });
+        q.push(
+            ") AS v WHERE deliveries.id = v.column1 AND deliveries.claims = v.column2
+                 AND deliveries.status = 'in_flight'",
+        );
+        let done = q.build().execute(&mut *tx).await?;
+        if (done.rows_affected() as usize) < chunk.len() {
+            tracing::debug!(stale = chunk.len() - done.rows_affected() as usize, "outcomes of stale claims ignored");
+        }
+    }
+    for o in others {
         let c = row_change(&o.disposition, now);
         let done = sqlx::query(RECORD_OUTCOME)
             .bind(c.status)
