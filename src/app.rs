@@ -163,6 +163,7 @@ impl Application {
             allowed_hosts: allowed,
             metrics,
             app_concurrency: settings.app_concurrency,
+            api_keys: Default::default(),
         };
         let router = http::router(state, &settings.static_dir);
         let listener = tokio::net::TcpListener::bind(settings.bind)

@@ -21,6 +21,11 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Whether this caller's credential already proves the app exists.
+    pub fn is_key_of(&self, app: &str) -> bool {
+        matches!(self, Caller::App(id) if id == app)
+    }
+
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
@@ -83,12 +88,15 @@ where
             return Ok(Caller::Admin);
         }
         if token.starts_with(crate::service::API_KEY_PREFIX) {
-            return match state
-                .store
-                .app_id_by_key_hash(&crate::secrets::token_hash(token))
-                .await?
-            {
-                Some(app) => Ok(Caller::App(app)),
+            let hash = crate::secrets::token_hash(token);
+            if let Some(app) = state.api_keys.read().expect("key cache lock").get(&hash) {
+                return Ok(Caller::App(app.clone()));
+            }
+            return match state.store.app_id_by_key_hash(&hash).await? {
+                Some(app) => {
+                    state.api_keys.write().expect("key cache lock").insert(hash, app.clone());
+                    Ok(Caller::App(app))
+                }
                 None => Err(ApiError::Unauthorized("unknown API key")),
             };
         }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub allowed_hosts: AllowedHosts,
     pub metrics: Arc<Metrics>,
     pub app_concurrency: u32,
+    /// API key hash → app id. Keys never change and apps are never deleted,
+    /// so a key once seen needs no database read again.
+    pub api_keys: Arc<std::sync::RwLock<std::collections::HashMap<Vec<u8>, String>>>,
 }
 
 /// Pages on an app's own origin call the API with a user token, so the API

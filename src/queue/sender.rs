@@ -6,6 +6,7 @@
 //! transaction while the request is in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +39,8 @@ pub struct Sender {
     metrics: Arc<Metrics>,
     /// One signer per app, so each caches its tokens per audience.
     signers: RwLock<HashMap<String, CachedSigner>>,
+    /// Per push-service origin, whether a connection is up (see [`Sender::send`]).
+    origins: RwLock<HashMap<String, Arc<OriginGate>>>,
 }
 
 /// What the sender decided, plus an app-level configuration error to show.
@@ -63,6 +66,7 @@ impl Sender {
             policy,
             metrics,
             signers: RwLock::new(HashMap::new()),
+            origins: RwLock::new(HashMap::new()),
         }
     }
 
@@ -149,14 +153,17 @@ impl Sender {
         let (endpoint, request) = prepared;
         let vendor = Vendor::of(&endpoint);
         let started = Instant::now();
-        let classified = match request.send().await {
+        let classified = match self.send(&endpoint, request).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
                 let body = read_limited(resp).await;
                 webpush::vendor::classify(vendor, status, &headers, &body, SystemTime::now())
             }
-            Err(e) => webpush::vendor::classify_transport_error(&e),
+            Err(e) => {
+                self.origin_failed(endpoint.origin());
+                webpush::vendor::classify_transport_error(&e)
+            }
         };
         self.metrics
             .delivery_latency
@@ -312,6 +319,50 @@ impl Sender {
             &signer.public_key_base64(),
         );
         Ok((endpoint, request))
+    }
+}
+
+/// Whether an origin has a live connection, and the turn of the request
+/// that opens one.
+#[derive(Default)]
+struct OriginGate {
+    warm: AtomicBool,
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Sender {
+    /// Sends, opening at most one connection per origin at a time. Without
+    /// this a burst of N deliveries to a cold origin starts N TLS handshakes
+    /// before the first HTTP/2 connection is up to carry them all; the push
+    /// service sees a connection storm and Herald pays N handshakes.
+    async fn send(&self, endpoint: &Endpoint, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let gate = self.origin_gate(endpoint.origin());
+        if gate.warm.load(Ordering::Acquire) {
+            return request.send().await;
+        }
+        let _turn = gate.opening.lock().await;
+        if gate.warm.load(Ordering::Acquire) {
+            drop(_turn);
+            return request.send().await;
+        }
+        let result = request.send().await;
+        gate.warm.store(result.is_ok(), Ordering::Release);
+        result
+    }
+
+    fn origin_gate(&self, origin: &str) -> Arc<OriginGate> {
+        if let Some(g) = self.origins.read().expect("origin lock").get(origin) {
+            return g.clone();
+        }
+        self.origins.write().expect("origin lock").entry(origin.to_string()).or_default().clone()
+    }
+
+    /// A transport failure may mean the connection is gone: the next burst
+    /// opens one again before fanning out.
+    fn origin_failed(&self, origin: &str) {
+        if let Some(g) = self.origins.read().expect("origin lock").get(origin) {
+            g.warm.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -55,8 +55,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_millis(busy_timeout_ms))
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000");
+            .pragma("temp_store", "memory");
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -66,12 +65,15 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            // The page cache is per connection: the writer, which touches the
+            // hot end of the queue, gets 8 MiB; each reader 2 MiB, so idle
+            // memory stays small however many readers there are.
+            .connect_with(options.clone().pragma("cache_size", "-8000"))
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(options.read_only(true))
+            .connect_with(options.read_only(true).pragma("cache_size", "-2000"))
             .await?;
         let (accept, jobs) = tokio::sync::mpsc::channel(4 * ACCEPT_BATCH);
         tokio::spawn(accept_loop(writer.clone(), jobs));
