@@ -33,7 +33,14 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-#[derive(Debug, Clone)]
+/// Decodes a row into one of the shared row types. Both backends' schemas
+/// name and type these columns alike, so one derive serves both; like
+/// `Row::get`, a row that does not match the schema is a bug and panics.
+pub(crate) fn decode<'r, R: sqlx::Row, T: sqlx::FromRow<'r, R>>(r: &'r R) -> T {
+    T::from_row(r).unwrap_or_else(|e| panic!("row does not match the schema: {e}"))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AppRow {
     pub id: String,
     pub name: String,
@@ -163,7 +170,7 @@ pub struct QueueFilter {
     pub limit: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct QueueRow {
     pub id: i64,
     pub app_id: String,

@@ -965,38 +965,11 @@ const QUEUE_SELECT: &str = "SELECT d.id, d.app_id, d.notification_id, d.subscrip
     FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
 
 fn queue_row(r: &SqliteRow) -> QueueRow {
-    QueueRow {
-        id: r.get("id"),
-        app_id: r.get("app_id"),
-        notification_id: r.get("notification_id"),
-        subscription_id: r.get("subscription_id"),
-        user_id: r.get("user_id"),
-        title: r.get("title"),
-        endpoint_host: r.get("endpoint_host"),
-        vendor: r.get("vendor"),
-        attempts: r.get("attempts"),
-        last_error: r.get("last_error"),
-        status: r.get("status"),
-        created_at: r.get("created_at"),
-        next_attempt_at: r.get("next_attempt_at"),
-        finished_at: r.get("finished_at"),
-    }
+    decode(r)
 }
 
 fn app_row(r: &SqliteRow) -> AppRow {
-    AppRow {
-        id: r.get("id"),
-        name: r.get("name"),
-        contact: r.get("contact"),
-        api_key_hash: r.get("api_key_hash"),
-        vapid_public_key: r.get("vapid_public_key"),
-        vapid_private_sealed: r.get("vapid_private_sealed"),
-        vapid_generation: r.get("vapid_generation"),
-        max_concurrency: r.get("max_concurrency"),
-        last_config_error: r.get("last_config_error"),
-        last_config_error_at: r.get("last_config_error_at"),
-        created_at: r.get("created_at"),
-    }
+    decode(r)
 }
 
 fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
