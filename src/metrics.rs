@@ -63,7 +63,7 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_wait_seconds",
-            "Time from acceptance to the send of a delivery's last attempt",
+            "Time from acceptance to each send attempt of a delivery",
             queue_wait.clone(),
         );
         registry.register(

@@ -316,7 +316,7 @@ impl Sender {
             encrypted,
             &opts,
             &authorization,
-            &signer.public_key_base64(),
+            signer.public_key_b64(),
         );
         Ok((endpoint, request))
     }

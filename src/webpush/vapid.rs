@@ -258,6 +258,11 @@ impl VapidSigner {
         self.public_b64.clone()
     }
 
+    /// The same, borrowed: the sender needs it for every aesgcm message.
+    pub fn public_key_b64(&self) -> &str {
+        &self.public_b64
+    }
+
     fn header_for(&self, aud: &str, exp: u64) -> Result<String, VapidError> {
         let jwt = sign_jwt(
             &self.key,
