@@ -828,12 +828,17 @@ async fn record(
 impl SqliteStore {
     pub async fn queue_next_due(&self) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
+            // One index seek per app and state: a GROUP BY over the partial
+            // indexes would step through every queued row, and this runs
+            // whenever a claim comes back empty.
             "SELECT min(due) FROM (
-                 SELECT min(d.next_attempt_at) AS due FROM deliveries d JOIN apps a ON a.id = d.app_id
-                     WHERE d.status = 'pending' AND a.max_concurrency > 0 GROUP BY d.app_id
+                 SELECT (SELECT next_attempt_at FROM deliveries
+                         WHERE app_id = a.id AND status = 'pending' ORDER BY next_attempt_at LIMIT 1) AS due
+                     FROM apps a WHERE a.max_concurrency > 0
                  UNION ALL
-                 SELECT min(d.lease_until) FROM deliveries d JOIN apps a ON a.id = d.app_id
-                     WHERE d.status = 'in_flight' AND a.max_concurrency > 0 GROUP BY d.app_id)",
+                 SELECT (SELECT lease_until FROM deliveries
+                         WHERE app_id = a.id AND status = 'in_flight' ORDER BY lease_until LIMIT 1)
+                     FROM apps a WHERE a.max_concurrency > 0)",
         )
         .fetch_one(&self.reader)
         .await?)
