@@ -13,8 +13,8 @@
 //!   decides between two instances racing on one key, and the loser replays the
 //!   winner's answer.
 //! - Work that other instances should see at once (a send, a force, a raised
-//!   `max_concurrency`, a recorded retry) is announced with one `pg_notify` in
-//!   the same transaction; [`PgStore::subscribe_wakeups`] listens and wakes the
+//!   `max_concurrency`, a recorded retry) is announced with one `pg_notify`
+//!   after its transaction commits; [`PgStore::subscribe_wakeups`] listens and wakes the
 //!   local queue. The payload is the schema, so deployments sharing a database
 //!   in different schemas do not wake each other.
 //! - `statement_timeout` is set on every connection; a pool connection is
@@ -59,6 +59,8 @@ pub struct PgStore {
     options: Arc<PgConnectOptions>,
     /// `current_schema()` of the connections: the notification payload.
     schema: Arc<str>,
+    /// Asks the announcer task for one `pg_notify` (see [`PgStore::announce`]).
+    announcer: tokio::sync::mpsc::Sender<()>,
 }
 
 impl PgStore {
@@ -94,13 +96,17 @@ impl PgStore {
             .test_before_acquire(true)
             .connect_with(options.clone())
             .await?;
-        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        let schema: Arc<str> = sqlx::query_scalar::<_, String>("SELECT current_schema()")
             .fetch_one(&pool)
-            .await?;
+            .await?
+            .into();
+        let (announcer, wanted) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(announce_loop(pool.clone(), schema.clone(), wanted));
         Ok(PgStore {
             pool,
             options: Arc::new(options),
-            schema: schema.into(),
+            schema,
+            announcer,
         })
     }
 
@@ -220,10 +226,10 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         // A raised (or unchanged) limit may make held work claimable on any instance.
-        if row.is_some() && max_concurrency.is_some_and(|m| m > 0) {
-            self.announce(&mut tx).await?;
-        }
         tx.commit().await?;
+        if row.is_some() && max_concurrency.is_some_and(|m| m > 0) {
+            self.announce();
+        }
         Ok(row.map(|r| app_row(&r)))
     }
 
@@ -500,10 +506,10 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        if deliveries > 0 {
-            self.announce(&mut tx).await?;
-        }
         tx.commit().await?;
+        if deliveries > 0 {
+            self.announce();
+        }
         Ok(Accepted::Created {
             id: n.id.clone(),
             deliveries,
@@ -579,6 +585,7 @@ impl PgStore {
         budget: i64,
     ) -> Result<Vec<Claimed>> {
         let mut tx = self.pool.begin().await?;
+        relaxed_commit(&mut tx).await?;
         // Serialises claimers of this app across instances. NO KEY UPDATE does
         // not conflict with the key-share locks of inserts referencing the app.
         let max: Option<i64> =
@@ -642,6 +649,7 @@ impl PgStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        relaxed_commit(&mut tx).await?;
         let mut retried = false;
         let mut i = 0;
         while i < outcomes.len() {
@@ -747,10 +755,10 @@ impl PgStore {
         }
         // Other instances plan their sleep from the due times they last saw:
         // a new retry time must reach them too.
-        if retried {
-            self.announce(&mut tx).await?;
-        }
         tx.commit().await?;
+        if retried {
+            self.announce();
+        }
         Ok(())
     }
 
@@ -811,10 +819,10 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let forced = (due as u64).max(r.rows_affected());
-        if forced > 0 {
-            self.announce(&mut tx).await?;
-        }
         tx.commit().await?;
+        if forced > 0 {
+            self.announce();
+        }
         Ok(forced)
     }
 
@@ -883,15 +891,31 @@ impl PgStore {
         Ok(d.rows_affected())
     }
 
-    /// Tells every instance's listener that work may be claimable, when this
-    /// transaction commits (and not at all if it rolls back).
-    async fn announce(&self, tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+    /// Tells every instance's listener that committed work may be claimable.
+    /// Called after the commit, never inside the transaction: a `NOTIFY`
+    /// takes a database-wide lock from its commit until the commit is on
+    /// disk, so notifying inside every send would serialise all sends'
+    /// commits behind one another. Requests made while one announcement is
+    /// under way are folded into the next.
+    fn announce(&self) {
+        let _ = self.announcer.try_send(());
+    }
+}
+
+/// Sends the announcements [`PgStore::announce`] asks for, one at a time,
+/// until every store handle is dropped.
+async fn announce_loop(pool: PgPool, schema: Arc<str>, mut wanted: tokio::sync::mpsc::Receiver<()>) {
+    while wanted.recv().await.is_some() {
+        // The notification carries no data worth an fsync: a lost one is
+        // covered by the listeners' safety wake.
+        let sent = sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
             .bind(WAKE_CHANNEL)
-            .bind(&*self.schema)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .bind(&*schema)
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "announcing queued work to other instances failed");
+        }
     }
 }
 
@@ -1005,4 +1029,18 @@ fn claimed_row(r: &PgRow) -> Claimed {
         expires_at: r.get("expires_at"),
         created_at: r.get("created_at"),
     }
+}
+
+/// Lets this transaction commit without waiting for its WAL to reach disk.
+/// Used for claims and outcome writes only, whose loss in a database crash
+/// costs a repeated send and nothing else: a lost claim is claimed again, a
+/// lost outcome is sent again after its lease, as at-least-once allows. Later
+/// synchronous commits (every accepted send) flush these too, in order.
+/// Without it each claim waits for an fsync while holding its app's row
+/// lock, which serialises instances on the disk.
+async fn relaxed_commit(tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<()> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
