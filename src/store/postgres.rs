@@ -412,100 +412,52 @@ impl PgStore {
         idempotency_key: Option<&str>,
         window_ms: i64,
     ) -> Result<Accepted> {
+        let Some(key) = idempotency_key else {
+            // One statement, so one round trip and its own transaction: the
+            // common send costs no BEGIN and COMMIT of its own.
+            let deliveries = store_notification(n).build_query_scalar::<i64>().fetch_one(&self.pool).await? as u64;
+            if deliveries > 0 {
+                self.announce();
+            }
+            return Ok(Accepted::Created { id: n.id.clone(), deliveries });
+        };
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = idempotency_key {
-            // Claim the key first. A fresh key of another request (on any
-            // instance) makes this insert wait for that transaction, then do
-            // nothing: that answer is replayed. A key older than the window is
-            // taken over.
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (app_id, key, notification_id, deliveries, created_at) VALUES ($1, $2, $3, 0, $4)
-                 ON CONFLICT (app_id, key) DO UPDATE SET notification_id = EXCLUDED.notification_id, deliveries = 0, created_at = EXCLUDED.created_at
-                     WHERE idempotency_keys.created_at <= $5
-                 RETURNING 1",
-            )
-            .bind(&n.app_id)
-            .bind(key)
-            .bind(&n.id)
-            .bind(n.created_at)
-            .bind(n.created_at - window_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if claimed.is_none() {
-                let (id, deliveries): (String, i64) = sqlx::query_as("SELECT notification_id, deliveries FROM idempotency_keys WHERE app_id = $1 AND key = $2")
-                    .bind(&n.app_id)
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.rollback().await?;
-                return Ok(Accepted::Replayed {
-                    id,
-                    deliveries: deliveries as u64,
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        // Claim the key first. A fresh key of another request (on any
+        // instance) makes this insert wait for that transaction, then do
+        // nothing: that answer is replayed. A key older than the window is
+        // taken over.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (app_id, key, notification_id, deliveries, created_at) VALUES ($1, $2, $3, 0, $4)
+             ON CONFLICT (app_id, key) DO UPDATE SET notification_id = EXCLUDED.notification_id, deliveries = 0, created_at = EXCLUDED.created_at
+                 WHERE idempotency_keys.created_at <= $5
+             RETURNING 1",
         )
-        .bind(&n.id)
         .bind(&n.app_id)
-        .bind(&n.title)
-        .bind(&n.payload)
-        .bind(n.ttl_secs as i64)
-        .bind(&n.urgency)
-        .bind(&n.topic_key)
+        .bind(key)
+        .bind(&n.id)
         .bind(n.created_at)
-        .bind(n.expires_at())
-        .execute(&mut *tx)
+        .bind(n.created_at - window_ms)
+        .fetch_optional(&mut *tx)
         .await?;
-
-        // Fan-out is one INSERT … SELECT, as on SQLite.
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
-        );
-        q.push_bind(&n.id)
-            .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
-        q.push_bind(n.created_at)
-            .push(", ")
-            .push_bind(n.expires_at())
-            .push(", ")
-            .push_bind(n.created_at);
-        q.push(" FROM subscriptions s WHERE s.app_id = ")
-            .push_bind(&n.app_id);
-        match &n.recipients {
-            Recipients::User(u) => {
-                q.push(" AND s.user_id = ").push_bind(u);
-            }
-            Recipients::Users(us) => {
-                q.push(" AND s.user_id = ANY(").push_bind(us).push(")");
-            }
-            Recipients::Subscription(id) => {
-                q.push(" AND s.id = ").push_bind(id);
-            }
-            Recipients::Topic(t) => {
-                q.push(
-                    " AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ",
-                )
-                .push_bind(&n.app_id)
-                .push(" AND topic = ")
-                .push_bind(t)
-                .push(")");
-            }
-            Recipients::All => {}
+        if claimed.is_none() {
+            let (id, deliveries): (String, i64) = sqlx::query_as("SELECT notification_id, deliveries FROM idempotency_keys WHERE app_id = $1 AND key = $2")
+                .bind(&n.app_id)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(Accepted::Replayed {
+                id,
+                deliveries: deliveries as u64,
+            });
         }
-        let deliveries = q.build().execute(&mut *tx).await?.rows_affected();
-
-        if let Some(key) = idempotency_key {
-            sqlx::query(
-                "UPDATE idempotency_keys SET deliveries = $1 WHERE app_id = $2 AND key = $3",
-            )
+        let deliveries = store_notification(n).build_query_scalar::<i64>().fetch_one(&mut *tx).await? as u64;
+        sqlx::query("UPDATE idempotency_keys SET deliveries = $1 WHERE app_id = $2 AND key = $3")
             .bind(deliveries as i64)
             .bind(&n.app_id)
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        }
         tx.commit().await?;
         if deliveries > 0 {
             self.announce();
@@ -917,6 +869,61 @@ async fn announce_loop(pool: PgPool, schema: Arc<str>, mut wanted: tokio::sync::
             tracing::warn!(error = %e, "announcing queued work to other instances failed");
         }
     }
+}
+
+/// Stores a notification and its fan-out in one statement that answers with
+/// the number of deliveries. A broadcast to 100 000 devices is one
+/// `INSERT … SELECT`, not 100 000 round trips; the deliveries' foreign key to
+/// the notification is checked at the end of the statement, when both exist.
+fn store_notification(n: &NewNotification) -> QueryBuilder<'_, Postgres> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        "WITH stored AS (INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) VALUES (",
+    );
+    {
+        let mut v = q.separated(", ");
+        v.push_bind(&n.id)
+            .push_bind(&n.app_id)
+            .push_bind(&n.title)
+            .push_bind(&n.payload)
+            .push_bind(n.ttl_secs as i64)
+            .push_bind(&n.urgency)
+            .push_bind(&n.topic_key)
+            .push_bind(n.created_at)
+            .push_bind(n.expires_at());
+    }
+    q.push(
+        ")), fanned AS (INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
+    );
+    q.push_bind(&n.id)
+        .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
+    q.push_bind(n.created_at)
+        .push(", ")
+        .push_bind(n.expires_at())
+        .push(", ")
+        .push_bind(n.created_at);
+    q.push(" FROM subscriptions s WHERE s.app_id = ")
+        .push_bind(&n.app_id);
+    match &n.recipients {
+        Recipients::User(u) => {
+            q.push(" AND s.user_id = ").push_bind(u);
+        }
+        Recipients::Users(us) => {
+            q.push(" AND s.user_id = ANY(").push_bind(us).push(")");
+        }
+        Recipients::Subscription(id) => {
+            q.push(" AND s.id = ").push_bind(id);
+        }
+        Recipients::Topic(t) => {
+            q.push(" AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ")
+                .push_bind(&n.app_id)
+                .push(" AND topic = ")
+                .push_bind(t)
+                .push(")");
+        }
+        Recipients::All => {}
+    }
+    q.push(" RETURNING 1) SELECT count(*) FROM fanned");
+    q
 }
 
 /// One listening session: returns `Ok` when stopped, `Err` when the
