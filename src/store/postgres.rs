@@ -225,8 +225,8 @@ impl PgStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        // A raised (or unchanged) limit may make held work claimable on any instance.
         tx.commit().await?;
+        // A raised (or unchanged) limit may make held work claimable on any instance.
         if row.is_some() && max_concurrency.is_some_and(|m| m > 0) {
             self.announce();
         }
@@ -415,11 +415,17 @@ impl PgStore {
         let Some(key) = idempotency_key else {
             // One statement, so one round trip and its own transaction: the
             // common send costs no BEGIN and COMMIT of its own.
-            let deliveries = store_notification(n).build_query_scalar::<i64>().fetch_one(&self.pool).await? as u64;
+            let deliveries = store_notification(n)
+                .build_query_scalar::<i64>()
+                .fetch_one(&self.pool)
+                .await? as u64;
             if deliveries > 0 {
                 self.announce();
             }
-            return Ok(Accepted::Created { id: n.id.clone(), deliveries });
+            return Ok(Accepted::Created {
+                id: n.id.clone(),
+                deliveries,
+            });
         };
         let mut tx = self.pool.begin().await?;
         // Claim the key first. A fresh key of another request (on any
@@ -451,7 +457,10 @@ impl PgStore {
                 deliveries: deliveries as u64,
             });
         }
-        let deliveries = store_notification(n).build_query_scalar::<i64>().fetch_one(&mut *tx).await? as u64;
+        let deliveries = store_notification(n)
+            .build_query_scalar::<i64>()
+            .fetch_one(&mut *tx)
+            .await? as u64;
         sqlx::query("UPDATE idempotency_keys SET deliveries = $1 WHERE app_id = $2 AND key = $3")
             .bind(deliveries as i64)
             .bind(&n.app_id)
@@ -705,9 +714,9 @@ impl PgStore {
                 );
             }
         }
+        tx.commit().await?;
         // Other instances plan their sleep from the due times they last saw:
         // a new retry time must reach them too.
-        tx.commit().await?;
         if retried {
             self.announce();
         }
@@ -856,15 +865,20 @@ impl PgStore {
 
 /// Sends the announcements [`PgStore::announce`] asks for, one at a time,
 /// until every store handle is dropped.
-async fn announce_loop(pool: PgPool, schema: Arc<str>, mut wanted: tokio::sync::mpsc::Receiver<()>) {
+async fn announce_loop(
+    pool: PgPool,
+    schema: Arc<str>,
+    mut wanted: tokio::sync::mpsc::Receiver<()>,
+) {
     while wanted.recv().await.is_some() {
         // The notification carries no data worth an fsync: a lost one is
         // covered by the listeners' safety wake.
-        let sent = sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
-            .bind(WAKE_CHANNEL)
-            .bind(&*schema)
-            .execute(&pool)
-            .await;
+        let sent =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+                .bind(WAKE_CHANNEL)
+                .bind(&*schema)
+                .execute(&pool)
+                .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "announcing queued work to other instances failed");
         }
