@@ -2,13 +2,17 @@
 //! queue.
 //!
 //! What changes against SQLite, and why:
-//! - Claims run per app in a short transaction that first locks the app row
+//! - A claim is one call of the server-side function `herald_claim`
+//!   (migration 0002). Per app with due work it locks the app row
 //!   (`FOR NO KEY UPDATE`, which does not block inserts referencing the app),
 //!   then counts the app's unexpired leases and claims at most the remaining
 //!   room with `FOR UPDATE SKIP LOCKED`. The app lock serialises claimers of
 //!   one app across every instance, so `max_concurrency` holds for all of them
 //!   together; the count runs as its own statement after the lock is held, so
-//!   under READ COMMITTED it sees every claim committed before.
+//!   under READ COMMITTED it sees every claim committed before. On the server
+//!   the lock is held for the work alone, not across network round trips.
+//! - Claims and outcome writes use their own few connections, which commit
+//!   without waiting for the disk (see [`QUEUE_POOL`]).
 //! - Idempotency keys are claimed with `INSERT … ON CONFLICT`: the primary key
 //!   decides between two instances racing on one key, and the loser replays the
 //!   winner's answer.
@@ -52,9 +56,23 @@ const SAFETY_WAKE: Duration = Duration::from_secs(30);
 
 const QUEUED: &str = "('pending', 'in_flight')";
 
+/// Connections for the queue's own statements: one each for the dispatcher,
+/// the outcome recorder and the announcer, and one spare.
+///
+/// They run with `synchronous_commit = off`: a claim or an outcome lost in a
+/// database crash costs a repeated push and nothing else (a lost claim is
+/// claimed again, a lost outcome is sent again after its lease, as
+/// at-least-once allows), and later synchronous commits, every accepted send,
+/// flush them too, in order. Waiting for an fsync per claim would keep each
+/// instance's dispatcher idle for the disk's latency.
+const QUEUE_POOL: u32 = 4;
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The queue's own connections, for claims, outcome writes and wake-ups:
+    /// their commits do not wait for the disk (see [`QUEUE_POOL`]).
+    queue: PgPool,
     /// For the listener's own connection.
     options: Arc<PgConnectOptions>,
     /// `current_schema()` of the connections: the notification payload.
@@ -96,14 +114,21 @@ impl PgStore {
             .test_before_acquire(true)
             .connect_with(options.clone())
             .await?;
+        let queue = PgPoolOptions::new()
+            .max_connections(QUEUE_POOL)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .connect_with(options.clone().options([("synchronous_commit", "off")]))
+            .await?;
         let schema: Arc<str> = sqlx::query_scalar::<_, String>("SELECT current_schema()")
             .fetch_one(&pool)
             .await?
             .into();
         let (announcer, wanted) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(announce_loop(pool.clone(), schema.clone(), wanted));
+        tokio::spawn(announce_loop(queue.clone(), schema.clone(), wanted));
         Ok(PgStore {
             pool,
+            queue,
             options: Arc::new(options),
             schema,
             announcer,
@@ -514,94 +539,14 @@ impl PgStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        // Apps with something claimable, read without locks; each is then
-        // claimed in its own short transaction under its row lock.
-        let apps: Vec<String> = sqlx::query_scalar(
-            "SELECT a.id FROM apps a WHERE a.max_concurrency > 0 AND (
-                 EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'pending' AND d.next_attempt_at <= $1)
-                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until <= $1))
-             ORDER BY a.id",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = Vec::new();
-        let mut budget = limit as i64;
-        for app_id in apps {
-            if budget <= 0 {
-                break;
-            }
-            let got = self.claim_app(&app_id, now, lease_until, budget).await?;
-            budget -= got.len() as i64;
-            claimed.extend(got);
-        }
-        Ok(claimed)
-    }
-
-    async fn claim_app(
-        &self,
-        app_id: &str,
-        now: Millis,
-        lease_until: Millis,
-        budget: i64,
-    ) -> Result<Vec<Claimed>> {
-        let mut tx = self.pool.begin().await?;
-        relaxed_commit(&mut tx).await?;
-        // Serialises claimers of this app across instances. NO KEY UPDATE does
-        // not conflict with the key-share locks of inserts referencing the app.
-        let max: Option<i64> =
-            sqlx::query_scalar("SELECT max_concurrency FROM apps WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(app_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(max) = max else {
-            return Ok(Vec::new());
-        };
-        // A statement of its own, started after the lock is held: its snapshot
-        // includes every claim committed by the previous holder.
-        let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE app_id = $1 AND status = 'in_flight' AND lease_until > $2")
-            .bind(app_id)
+        // One round trip: `herald_claim` (migration 0002) locks each app with
+        // due work, counts its leases and claims within its room on the server.
+        let rows = sqlx::query("SELECT * FROM herald_claim($1, $2, $3)")
             .bind(now)
-            .fetch_one(&mut *tx)
+            .bind(lease_until)
+            .bind(limit as i64)
+            .fetch_all(&self.queue)
             .await?;
-        let take = (max - leased).min(budget);
-        if take <= 0 {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        // Due pending work first, then leases that ran out (a crashed worker's).
-        // SKIP LOCKED passes over rows an outcome write or an admin action holds.
-        let rows = sqlx::query(
-            "WITH due AS (
-                 SELECT id, next_attempt_at AS due FROM deliveries
-                     WHERE app_id = $1 AND status = 'pending' AND next_attempt_at <= $2
-                     ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED
-             ), lapsed AS (
-                 SELECT id, lease_until AS due FROM deliveries
-                     WHERE app_id = $1 AND status = 'in_flight' AND lease_until <= $2
-                     ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED
-             ), picked AS (
-                 SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) u ORDER BY due LIMIT $4
-             ), claimed AS (
-                 UPDATE deliveries d SET status = 'in_flight', lease_until = $3, claims = d.claims + 1, sent_at = $2
-                 FROM picked WHERE d.id = picked.id
-                 RETURNING d.*
-             )
-             SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor, d.without_topic, d.expires_at, d.created_at,
-                    n.payload, n.ttl_secs, n.urgency, n.topic_key, a.vapid_generation, a.contact,
-                    s.endpoint, s.p256dh, s.auth, s.content_encoding
-             FROM claimed d JOIN notifications n ON n.id = d.notification_id
-             JOIN apps a ON a.id = d.app_id
-             LEFT JOIN subscriptions s ON s.id = d.subscription_id
-             ORDER BY d.id",
-        )
-        .bind(app_id)
-        .bind(now)
-        .bind(lease_until)
-        .bind(take)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(rows.iter().map(claimed_row).collect())
     }
 
@@ -609,8 +554,16 @@ impl PgStore {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        relaxed_commit(&mut tx).await?;
+        // The usual batch, every push delivered, is one statement and so its
+        // own transaction.
+        if outcomes
+            .iter()
+            .all(|o| matches!(o.disposition, Disposition::Delivered { .. }))
+        {
+            record_delivered(&mut *self.queue.acquire().await?, outcomes).await?;
+            return Ok(());
+        }
+        let mut tx = self.queue.begin().await?;
         let mut retried = false;
         let mut i = 0;
         while i < outcomes.len() {
@@ -620,30 +573,7 @@ impl PgStore {
                 .take_while(|o| matches!(o.disposition, Disposition::Delivered { .. }))
                 .count();
             if run > 0 {
-                let batch = &outcomes[i..i + run];
-                let ids: Vec<i64> = batch.iter().map(|o| o.id).collect();
-                let claims: Vec<i64> = batch.iter().map(|o| o.claims).collect();
-                let ats: Vec<i64> = batch
-                    .iter()
-                    .map(|o| {
-                        if let Disposition::Delivered { at } = o.disposition {
-                            at
-                        } else {
-                            unreachable!()
-                        }
-                    })
-                    .collect();
-                // Fenced by (id, claims), as every outcome write.
-                sqlx::query(
-                    "UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, last_error = NULL, finished_at = u.at, lease_until = NULL
-                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, claims, at)
-                     WHERE d.id = u.id AND d.claims = u.claims AND d.status = 'in_flight'",
-                )
-                .bind(&ids)
-                .bind(&claims)
-                .bind(&ats)
-                .execute(&mut *tx)
-                .await?;
+                record_delivered(&mut tx, &outcomes[i..i + run]).await?;
                 i += run;
                 continue;
             }
@@ -732,7 +662,7 @@ impl PgStore {
                  (SELECT lease_until FROM deliveries WHERE app_id = a.id AND status = 'in_flight' ORDER BY lease_until LIMIT 1)
              ) x WHERE a.max_concurrency > 0",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.queue)
         .await?)
     }
 
@@ -871,10 +801,9 @@ async fn announce_loop(
     mut wanted: tokio::sync::mpsc::Receiver<()>,
 ) {
     while wanted.recv().await.is_some() {
-        // The notification carries no data worth an fsync: a lost one is
-        // covered by the listeners' safety wake.
-        let sent =
-            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+        // On the queue's connections, without an fsync: the notification
+        // carries no data, and a lost one is covered by the safety wake.
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(WAKE_CHANNEL)
                 .bind(&*schema)
                 .execute(&pool)
@@ -1052,16 +981,29 @@ fn claimed_row(r: &PgRow) -> Claimed {
     }
 }
 
-/// Lets this transaction commit without waiting for its WAL to reach disk.
-/// Used for claims and outcome writes only, whose loss in a database crash
-/// costs a repeated send and nothing else: a lost claim is claimed again, a
-/// lost outcome is sent again after its lease, as at-least-once allows. Later
-/// synchronous commits (every accepted send) flush these too, in order.
-/// Without it each claim waits for an fsync while holding its app's row
-/// lock, which serialises instances on the disk.
-async fn relaxed_commit(tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<()> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut **tx)
-        .await?;
+/// Marks a run of delivered outcomes in one statement, fenced by
+/// (id, claims) as every outcome write.
+async fn record_delivered(conn: &mut PgConnection, batch: &[Recorded]) -> Result<()> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut claims = Vec::with_capacity(batch.len());
+    let mut ats = Vec::with_capacity(batch.len());
+    for o in batch {
+        let Disposition::Delivered { at } = o.disposition else {
+            unreachable!("only delivered outcomes are passed here")
+        };
+        ids.push(o.id);
+        claims.push(o.claims);
+        ats.push(at);
+    }
+    sqlx::query(
+        "UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, last_error = NULL, finished_at = u.at, lease_until = NULL
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, claims, at)
+         WHERE d.id = u.id AND d.claims = u.claims AND d.status = 'in_flight'",
+    )
+    .bind(&ids)
+    .bind(&claims)
+    .bind(&ats)
+    .execute(conn)
+    .await?;
     Ok(())
 }
