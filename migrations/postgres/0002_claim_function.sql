@@ -29,11 +29,17 @@ DECLARE
     v_got BIGINT;
     v_budget BIGINT := p_budget;
 BEGIN
-    -- Apps with something claimable, read without locks.
+    -- Apps with something claimable, read without locks. Each app's
+    -- earliest due time is read as ORDER BY … LIMIT 1, which only the partial
+    -- indexes answer cheaply: an EXISTS may be planned as a sequential scan
+    -- that expects a match early, and walks instead through every finished
+    -- delivery still kept as history.
     FOR v_app IN
         SELECT a.id FROM apps a WHERE a.max_concurrency > 0 AND (
-            EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'pending' AND d.next_attempt_at <= p_now)
-            OR EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until <= p_now))
+            (SELECT d.next_attempt_at FROM deliveries d WHERE d.app_id = a.id AND d.status = 'pending'
+                 ORDER BY d.next_attempt_at LIMIT 1) <= p_now
+            OR (SELECT d.lease_until FROM deliveries d WHERE d.app_id = a.id AND d.status = 'in_flight'
+                 ORDER BY d.lease_until LIMIT 1) <= p_now)
         ORDER BY a.id
     LOOP
         EXIT WHEN v_budget <= 0;
