@@ -55,7 +55,13 @@ fn start(dir: &std::path::Path, port: u16, emu: &Emulator) -> Herald {
         .env("HERALD_REQUEST_TIMEOUT_MS", "2000")
         .env("HERALD_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("herald.log")).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("herald.log"))
+                .unwrap(),
+        )
         .spawn()
         .expect("herald binary starts");
     Herald {
@@ -73,11 +79,17 @@ async fn ready(http: &reqwest::Client, herald: &mut Herald, dir: &std::path::Pat
             }
         }
         if let Some(status) = herald.child.try_wait().unwrap() {
-            panic!("herald exited with {status}: {}", std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default());
+            panic!(
+                "herald exited with {status}: {}",
+                std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("herald did not become healthy in 30 s: {}", std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default());
+    panic!(
+        "herald did not become healthy in 30 s: {}",
+        std::fs::read_to_string(dir.join("herald.log")).unwrap_or_default()
+    );
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {

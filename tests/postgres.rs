@@ -498,6 +498,64 @@ async fn the_statement_timeout_bounds_a_blocked_statement() {
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
 }
 
+/// A claim runs many times a second. With a long history of finished
+/// deliveries it must still find due work through the queue's partial
+/// indexes: a sequential scan per claim would pass over the whole history
+/// every time. The risky moment is a large send being worked off: the
+/// table's statistics still say "mostly pending" while the rows at the start
+/// of the table are already delivered. Plans are cached per session and turn
+/// generic after five runs, so the claim runs more often than that.
+#[tokio::test]
+async fn claims_find_due_work_through_the_indexes_not_by_scanning_history() {
+    let schema = PgSchema::create().await;
+    // Creates the schema, the claim function included.
+    let store = Store::connect(&schema.url(), 2, 10_000).await.unwrap();
+    drop(store);
+    let mut c = admin_connection().await;
+    for sql in [
+        format!("SET search_path = {}", schema.name),
+        "INSERT INTO apps (id, name, contact, api_key_hash, vapid_public_key, vapid_private_sealed, max_concurrency, created_at)
+             VALUES ('app', 'a', 'mailto:a@example.com', '\\x01', 'k', '\\x01', 1024, 0)".into(),
+        "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, created_at, expires_at)
+             VALUES ('n', 'app', 't', '\\x01', 3600, 'normal', 0, 9000000000000)".into(),
+        "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
+             SELECT 'n', 'app', 's' || i, 'u' || i, 'push.example', 'other', 0, 9000000000000, 0 FROM generate_series(1, 20000) i".into(),
+        "ANALYZE deliveries".into(),
+        // Worked off since the statistics were gathered, but ten.
+        "UPDATE deliveries SET status = 'delivered', attempts = 1, finished_at = 1 WHERE id <= 19990".into(),
+    ] {
+        sqlx::query(&sql).execute(&mut c).await.unwrap();
+    }
+
+    sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+    let seq_scans =
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'deliveries'::regclass";
+    let before: i64 = sqlx::query_scalar(seq_scans)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let mut claimed = 0;
+    for _ in 0..8 {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM herald_claim(1000, 2000, 1)")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        claimed += ids.len();
+    }
+    let after: i64 = sqlx::query_scalar(seq_scans)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+
+    assert_eq!(claimed, 8, "each claim takes one of the ten due deliveries");
+    assert_eq!(
+        after - before,
+        0,
+        "claims scanned the deliveries table sequentially"
+    );
+}
+
 /// A TCP proxy in front of PostgreSQL that can cut every connection and
 /// refuse new ones, as a database restart looks from Herald's side, without
 /// touching the shared server.

@@ -822,11 +822,26 @@ async fn a_503_with_retry_after_is_retried_when_the_service_said() {
     let (emu, app, acme) = setup().await;
     let (sub, _) = subscribed(&app, &acme, &emu, EmuVendor::Mozilla, "bo").await;
     emu.script(&sub, vec![Scripted::status(503).retry_after("2")]);
-    let id = app.send_ok(&acme, json!({"to": {"user": "bo"}, "title": "t", "body": "b"})).await;
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "t", "body": "b"}),
+        )
+        .await;
     let n = app.settled(&acme, &id, WAIT).await;
-    assert_eq!((n["delivered"].as_u64(), n["deliveries"][0]["attempts"].as_u64()), (Some(1), Some(2)), "{n}");
+    assert_eq!(
+        (
+            n["delivered"].as_u64(),
+            n["deliveries"][0]["attempts"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{n}"
+    );
     let got = emu.received_for(&sub);
     let waited = got[1].at.duration_since(got[0].at);
     // The test policy's backoff would retry after at most 300 ms.
-    assert!(waited >= Duration::from_millis(1950), "retried after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "retried after {waited:?}"
+    );
 }
