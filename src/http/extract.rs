@@ -94,7 +94,11 @@ where
             }
             return match state.store.app_id_by_key_hash(&hash).await? {
                 Some(app) => {
-                    state.api_keys.write().expect("key cache lock").insert(hash, app.clone());
+                    state
+                        .api_keys
+                        .write()
+                        .expect("key cache lock")
+                        .insert(hash, app.clone());
                     Ok(Caller::App(app))
                 }
                 None => Err(ApiError::Unauthorized("unknown API key")),

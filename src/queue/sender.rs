@@ -335,7 +335,11 @@ impl Sender {
     /// this a burst of N deliveries to a cold origin starts N TLS handshakes
     /// before the first HTTP/2 connection is up to carry them all; the push
     /// service sees a connection storm and Herald pays N handshakes.
-    async fn send(&self, endpoint: &Endpoint, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
         let gate = self.origin_gate(endpoint.origin());
         if gate.warm.load(Ordering::Acquire) {
             return request.send().await;
@@ -354,7 +358,12 @@ impl Sender {
         if let Some(g) = self.origins.read().expect("origin lock").get(origin) {
             return g.clone();
         }
-        self.origins.write().expect("origin lock").entry(origin.to_string()).or_default().clone()
+        self.origins
+            .write()
+            .expect("origin lock")
+            .entry(origin.to_string())
+            .or_default()
+            .clone()
     }
 
     /// A transport failure may mean the connection is gone: the next burst

@@ -804,10 +804,10 @@ async fn announce_loop(
         // On the queue's connections, without an fsync: the notification
         // carries no data, and a lost one is covered by the safety wake.
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(WAKE_CHANNEL)
-                .bind(&*schema)
-                .execute(&pool)
-                .await;
+            .bind(WAKE_CHANNEL)
+            .bind(&*schema)
+            .execute(&pool)
+            .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "announcing queued work to other instances failed");
         }

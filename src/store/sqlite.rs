@@ -790,7 +790,10 @@ async fn record(
         );
         let done = q.build().execute(&mut *tx).await?;
         if (done.rows_affected() as usize) < chunk.len() {
-            tracing::debug!(stale = chunk.len() - done.rows_affected() as usize, "outcomes of stale claims ignored");
+            tracing::debug!(
+                stale = chunk.len() - done.rows_affected() as usize,
+                "outcomes of stale claims ignored"
+            );
         }
     }
     for o in others {

@@ -85,10 +85,14 @@ pub enum Outcome {
     Delivered,
     Gone,
     KeyMismatch,
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
     /// Try again after a backoff, or after `after` when the service said
     /// when (a 503 with Retry-After).
-    Retry { after: Option<Duration> },
+    Retry {
+        after: Option<Duration>,
+    },
     RetryWithoutTopic,
     ConfigError,
     Failed,
@@ -580,7 +584,10 @@ mod tests {
     #[test]
     fn retry_on_5xx() {
         for s in [500, 502, 503, 504, 599] {
-            assert_eq!(c(Vendor::Fcm, s, "").outcome, Outcome::Retry { after: None });
+            assert_eq!(
+                c(Vendor::Fcm, s, "").outcome,
+                Outcome::Retry { after: None }
+            );
         }
     }
 
@@ -639,7 +646,10 @@ mod tests {
             .block_on(client.post(format!("http://127.0.0.1:{port}/x")).send())
             .unwrap_err();
         let r = classify_transport_error(&err);
-        assert_eq!((r.outcome, r.status), (Outcome::Retry { after: None }, None));
+        assert_eq!(
+            (r.outcome, r.status),
+            (Outcome::Retry { after: None }, None)
+        );
         assert!(r.reason.starts_with("connection failed"), "{}", r.reason);
         assert!(!r.reason.contains("/x"), "{}", r.reason);
 
