@@ -196,10 +196,12 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         // Work stored through other instances wakes this one's queue too.
-        let queue = self.queue.clone();
-        let wakeups = self
-            .store
-            .subscribe_wakeups(Arc::new(move || queue.wake()), self.stop.clone());
+        let (queue, local) = (self.queue.clone(), self.queue.clone());
+        let wakeups = self.store.subscribe_wakeups(
+            Arc::new(move || queue.wake()),
+            Arc::new(move |n| local.has_room_for(n)),
+            self.stop.clone(),
+        );
         let workers = tokio::spawn(self.queue.clone().run(self.stop.clone()));
         let stop = self.stop.clone();
         axum::serve(self.listener, self.router)

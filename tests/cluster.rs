@@ -151,6 +151,13 @@ async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
     emu.wait_until(Duration::from_secs(60), |all| all.len() >= TOTAL / 4)
         .await
         .expect("a quarter arrives");
+    // Others may hold the app's whole limit for a moment: kill b while it
+    // has pushes of its own in flight, so it leaves leases behind.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_flight(&http, &instances[1].base).await == 0 {
+        assert!(Instant::now() < deadline, "instance b never took part");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     instances[1].kill();
     let at_kill = emu.received().len();
     println!(
@@ -268,4 +275,19 @@ async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
             r.text().await.unwrap_or_default()
         );
     }
+}
+
+/// The instance's pushes in flight, from its metrics.
+async fn in_flight(http: &reqwest::Client, base: &str) -> i64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_in_flight ")?.trim().parse().ok())
+        .expect("an in-flight gauge")
 }

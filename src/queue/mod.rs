@@ -81,6 +81,12 @@ impl Queue {
         &self.inner.sender
     }
 
+    /// Whether `n` more deliveries could start at once: free permits, not
+    /// counting any app's `max_concurrency`.
+    pub fn has_room_for(&self, n: u64) -> bool {
+        n <= self.inner.permits.available_permits() as u64
+    }
+
     /// Requests in flight in this instance.
     pub fn in_flight(&self) -> usize {
         self.inner.concurrency - self.inner.permits.available_permits()

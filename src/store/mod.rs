@@ -270,15 +270,18 @@ impl Store {
     /// Work stored by other instances sharing the database: calls `on_wake`
     /// whenever any instance announces claimable work (PostgreSQL
     /// LISTEN/NOTIFY), until `stop`. `None` on SQLite, where one process owns
-    /// the database and wakes its queue itself.
+    /// the database and wakes its queue itself. `room` says whether the local
+    /// queue can start a number of deliveries at once: sends it can are not
+    /// announced to the other instances.
     pub fn subscribe_wakeups(
         &self,
         on_wake: Arc<dyn Fn() + Send + Sync>,
+        room: postgres::RoomProbe,
         stop: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
         match self {
             Store::Sqlite(_) => None,
-            Store::Postgres(s) => Some(s.subscribe_wakeups(on_wake, stop)),
+            Store::Postgres(s) => Some(s.subscribe_wakeups(on_wake, room, stop)),
         }
     }
 }

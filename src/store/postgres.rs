@@ -16,9 +16,10 @@
 //! - Idempotency keys are claimed with `INSERT … ON CONFLICT`: the primary key
 //!   decides between two instances racing on one key, and the loser replays the
 //!   winner's answer.
-//! - Work that other instances should see at once (a send, a force, a raised
-//!   `max_concurrency`, a recorded retry) is announced with one `pg_notify`
-//!   after its transaction commits; [`PgStore::subscribe_wakeups`] listens and wakes the
+//! - Work that other instances should see at once (a send larger than this
+//!   instance can start at once, a force, a raised `max_concurrency`, a
+//!   recorded retry) is announced with one `pg_notify` after its transaction
+//!   commits; [`PgStore::subscribe_wakeups`] listens and wakes the
 //!   local queue. The payload is the schema, so deployments sharing a database
 //!   in different schemas do not wake each other.
 //! - `statement_timeout` is set on every connection; a pool connection is
@@ -26,7 +27,7 @@
 //!   itself.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -79,7 +80,13 @@ pub struct PgStore {
     schema: Arc<str>,
     /// Asks the announcer task for one `pg_notify` (see [`PgStore::announce`]).
     announcer: tokio::sync::mpsc::Sender<()>,
+    /// Whether this instance's own queue can start this many deliveries at
+    /// once; set by [`PgStore::subscribe_wakeups`].
+    local_room: Arc<OnceLock<RoomProbe>>,
 }
+
+/// Answers whether the local queue has room for this many deliveries now.
+pub type RoomProbe = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 impl PgStore {
     pub async fn connect(
@@ -132,6 +139,7 @@ impl PgStore {
             options: Arc::new(options),
             schema,
             announcer,
+            local_room: Arc::new(OnceLock::new()),
         })
     }
 
@@ -150,11 +158,17 @@ impl PgStore {
     /// each announcement, once after every (re)connection (announcements may
     /// have been missed meanwhile), and every [`SAFETY_WAKE`]. Runs until
     /// `stop` is cancelled; a lost connection is re-established with backoff.
+    ///
+    /// `room` tells new sends whether this instance's queue can start them at
+    /// once; only work it cannot is announced (see
+    /// [`PgStore::announce_unless_local`]).
     pub fn subscribe_wakeups(
         &self,
         on_wake: Arc<dyn Fn() + Send + Sync>,
+        room: RoomProbe,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let _ = self.local_room.set(room);
         let options = (*self.options).clone().application_name(&format!(
             "{}-listener",
             self.options.get_application_name().unwrap_or("herald")
@@ -445,7 +459,7 @@ impl PgStore {
                 .fetch_one(&self.pool)
                 .await? as u64;
             if deliveries > 0 {
-                self.announce();
+                self.announce_unless_local(deliveries);
             }
             return Ok(Accepted::Created {
                 id: n.id.clone(),
@@ -494,7 +508,7 @@ impl PgStore {
             .await?;
         tx.commit().await?;
         if deliveries > 0 {
-            self.announce();
+            self.announce_unless_local(deliveries);
         }
         Ok(Accepted::Created {
             id: n.id.clone(),
@@ -790,6 +804,19 @@ impl PgStore {
     /// under way are folded into the next.
     fn announce(&self) {
         let _ = self.announcer.try_send(());
+    }
+
+    /// Announces a new send only if this instance's queue, which the API
+    /// woke already, cannot start all of it at once. A send to one user
+    /// then costs no `NOTIFY`, and does not wake every other instance into
+    /// a claim that finds nothing; a broadcast still brings every instance
+    /// in. Without a local queue (a store used on its own) every send is
+    /// announced.
+    fn announce_unless_local(&self, deliveries: u64) {
+        match self.local_room.get() {
+            Some(room) if room(deliveries) => {}
+            _ => self.announce(),
+        }
     }
 }
 
