@@ -146,6 +146,63 @@ async fn work_queued_by_another_instance_wakes_this_one_at_once() {
     assert_eq!(last["id"], id.as_str());
 }
 
+/// A send the receiving instance cannot start at once (every one of its
+/// permits is taken) is announced, and an idle instance delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_receiving_instance_cannot_start_wakes_another() {
+    let emu = Emulator::start().await;
+    let schema = Arc::new(PgSchema::create().await);
+    // Instance a sends one push at a time; instance b idles.
+    let a = {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = test_settings(dir.path(), emu.ca_file());
+        use_postgres(&mut settings, &schema);
+        settings.master_key = Some(MASTER.into());
+        settings.concurrency = 1;
+        start(dir, settings, Some(schema.clone())).await
+    };
+    let _b = instance(&emu, &schema, None).await;
+    let acme = a.create_app("acme").await;
+    let (slow, quick) = (
+        emu.subscriber(EmuVendor::Fcm),
+        emu.subscriber(EmuVendor::Fcm),
+    );
+    a.subscribe(&acme, "slow", slow.subscription_json()).await;
+    a.subscribe(&acme, "quick", quick.subscription_json()).await;
+    emu.script(&slow, vec![Scripted::ok().delay(Duration::from_secs(3))]);
+
+    // a has room for this one and takes it: its only permit is now held for 3 s.
+    a.send_ok(
+        &acme,
+        json!({"to": {"user": "slow"}, "title": "slow", "body": "b"}),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while a.queue("status=in_flight").await.is_empty() {
+        assert!(Instant::now() < deadline, "a never took the first send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    a.send_ok(
+        &acme,
+        json!({"to": {"user": "quick"}, "title": "quick", "body": "b"}),
+    )
+    .await;
+    emu.wait_until(WAIT, |all| {
+        all.iter()
+            .any(|r| r.token == quick.token() && r.delivered())
+    })
+    .await
+    .expect("the second send arrives");
+    let took = started.elapsed();
+    // Had a kept it, it would have waited for a's permit (3 s).
+    assert!(
+        took < Duration::from_millis(1500),
+        "the second send waited {took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_force_through_another_instance_wakes_this_one() {
     let (emu, schema, app, acme, sub) = setup(None).await;
