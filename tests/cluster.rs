@@ -279,15 +279,9 @@ async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
 
 /// The instance's pushes in flight, from its metrics.
 async fn in_flight(http: &reqwest::Client, base: &str) -> i64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
+    harness::metrics_text(http, base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("herald_in_flight ")?.trim().parse().ok())
         .expect("an in-flight gauge")
 }

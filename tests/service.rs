@@ -673,15 +673,7 @@ async fn metrics_and_health_are_public() {
         (status, health["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = harness::metrics_text(&app.http, &app.base).await;
     assert!(
         text.contains("herald_deliveries_total{vendor=\"fcm\",outcome=\"delivered\"} 1"),
         "{text}"

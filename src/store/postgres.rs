@@ -35,7 +35,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::domain::{new_id, Recipients};
+use crate::domain::new_id;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -841,9 +841,8 @@ async fn announce_loop(
     }
 }
 
-/// Stores a notification and its fan-out in one statement that answers with
-/// the number of deliveries. A broadcast to 100 000 devices is one
-/// `INSERT … SELECT`, not 100 000 round trips; the deliveries' foreign key to
+/// Stores a notification and its fan-out ([`push_fan_out`]) in one statement
+/// that answers with the number of deliveries. The deliveries' foreign key to
 /// the notification is checked at the end of the statement, when both exist.
 fn store_notification(n: &NewNotification) -> QueryBuilder<'_, Postgres> {
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
@@ -861,37 +860,8 @@ fn store_notification(n: &NewNotification) -> QueryBuilder<'_, Postgres> {
             .push_bind(n.created_at)
             .push_bind(n.expires_at());
     }
-    q.push(
-        ")), fanned AS (INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
-    );
-    q.push_bind(&n.id)
-        .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
-    q.push_bind(n.created_at)
-        .push(", ")
-        .push_bind(n.expires_at())
-        .push(", ")
-        .push_bind(n.created_at);
-    q.push(" FROM subscriptions s WHERE s.app_id = ")
-        .push_bind(&n.app_id);
-    match &n.recipients {
-        Recipients::User(u) => {
-            q.push(" AND s.user_id = ").push_bind(u);
-        }
-        Recipients::Users(us) => {
-            q.push(" AND s.user_id = ANY(").push_bind(us).push(")");
-        }
-        Recipients::Subscription(id) => {
-            q.push(" AND s.id = ").push_bind(id);
-        }
-        Recipients::Topic(t) => {
-            q.push(" AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ")
-                .push_bind(&n.app_id)
-                .push(" AND topic = ")
-                .push_bind(t)
-                .push(")");
-        }
-        Recipients::All => {}
-    }
+    q.push(")), fanned AS (");
+    push_fan_out(&mut q, n);
     q.push(" RETURNING 1) SELECT count(*) FROM fanned");
     q
 }

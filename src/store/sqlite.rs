@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::*;
-use crate::domain::{new_id, Recipients};
+use crate::domain::new_id;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -536,46 +536,8 @@ fn accept_one<'a>(
         .execute(&mut *tx)
         .await?;
 
-        // Fan-out is one INSERT … SELECT: a broadcast to 100 000 devices is a
-        // single statement, not 100 000 round trips.
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at) SELECT ",
-        );
-        q.push_bind(&n.id)
-            .push(", s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, ");
-        q.push_bind(n.created_at)
-            .push(", ")
-            .push_bind(n.expires_at())
-            .push(", ")
-            .push_bind(n.created_at);
-        q.push(" FROM subscriptions s WHERE s.app_id = ")
-            .push_bind(&n.app_id);
-        match &n.recipients {
-            Recipients::User(u) => {
-                q.push(" AND s.user_id = ").push_bind(u);
-            }
-            Recipients::Users(us) => {
-                q.push(" AND s.user_id IN (");
-                let mut sep = q.separated(", ");
-                for u in us {
-                    sep.push_bind(u);
-                }
-                q.push(")");
-            }
-            Recipients::Subscription(id) => {
-                q.push(" AND s.id = ").push_bind(id);
-            }
-            Recipients::Topic(t) => {
-                q.push(
-                    " AND s.id IN (SELECT subscription_id FROM subscription_topics WHERE app_id = ",
-                )
-                .push_bind(&n.app_id)
-                .push(" AND topic = ")
-                .push_bind(t)
-                .push(")");
-            }
-            Recipients::All => {}
-        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        push_fan_out(&mut q, n);
         let deliveries = q.build().execute(&mut *tx).await?.rows_affected();
 
         if let Some(key) = idempotency_key {

@@ -306,3 +306,14 @@ impl Drop for TestApp {
         self.stop.cancel();
     }
 }
+
+/// An instance's `/metrics` page.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
