@@ -96,6 +96,7 @@ conformance!(
     each_kind_of_recipients_fans_out_to_the_right_subscriptions,
     an_idempotency_key_replays_within_the_window_and_not_after,
     racing_requests_with_one_idempotency_key_store_one_notification,
+    a_send_that_cannot_be_stored_fails_alone,
     a_claim_leases_and_honours_max_concurrency_and_the_limit,
     a_paused_app_is_never_claimed,
     claims_from_two_instances_share_max_concurrency_and_never_overlap,
@@ -674,6 +675,34 @@ async fn racing_requests_with_one_idempotency_key_store_one_notification(db: &Db
 
 // ---- claims -------------------------------------------------------------------
 
+/// Sends arriving together are committed together; one that breaks a
+/// constraint gets its own error, and the sends beside it are still stored.
+async fn a_send_that_cannot_be_stored_fails_alone(db: &Db) {
+    let store = &db.store;
+    let app = app(store, 10).await;
+    sub(store, &app, "u1").await;
+    // Never inserted: its notification breaks the foreign key to apps.
+    let missing = AppRow {
+        id: new_id(),
+        ..app.clone()
+    };
+    let sends = (0..20).map(|i| {
+        let owner = if i == 10 { &missing } else { &app };
+        let n = notification(owner, Recipients::All, now());
+        async move { store.notification_create(&n, None, 0).await }
+    });
+    let results = futures::future::join_all(sends).await;
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (10, Err(_)) => {}
+            (10, Ok(r)) => panic!("a notification of a missing app was stored: {r:?}"),
+            (_, Ok(Accepted::Created { deliveries: 1, .. })) => {}
+            (_, other) => panic!("send {i} next to the failing one: {other:?}"),
+        }
+    }
+    assert_eq!(rows(store, &app, None).await.len(), 19);
+}
+
 async fn a_claim_leases_and_honours_max_concurrency_and_the_limit(db: &Db) {
     let s = &db.store;
     let t = now();
@@ -696,8 +725,8 @@ async fn a_claim_leases_and_honours_max_concurrency_and_the_limit(db: &Db) {
                 c.claims,
                 c.attempts,
                 c.app_id.as_str(),
-                c.vapid_generation,
-                c.contact.as_str()
+                c.notice.vapid_generation,
+                c.notice.contact.as_str()
             ),
             (1, 0, a.id.as_str(), 1, "mailto:ops@example.com")
         );
@@ -712,10 +741,10 @@ async fn a_claim_leases_and_honours_max_concurrency_and_the_limit(db: &Db) {
         );
         assert_eq!(
             (
-                c.payload.as_slice(),
-                c.ttl_secs,
-                c.urgency.as_str(),
-                c.topic_key.as_deref(),
+                c.notice.payload.as_slice(),
+                c.notice.ttl_secs,
+                c.notice.urgency.as_str(),
+                c.notice.topic_key.as_deref(),
                 c.without_topic
             ),
             (
@@ -730,6 +759,12 @@ async fn a_claim_leases_and_honours_max_concurrency_and_the_limit(db: &Db) {
         assert_eq!(c.created_at, t - 1000);
         assert_eq!(status_of(s, &a, c.id).await.status, "in_flight");
     }
+    assert!(
+        first
+            .iter()
+            .all(|c| std::sync::Arc::ptr_eq(&c.notice, &first[0].notice)),
+        "deliveries of one notification share one copy of it"
+    );
     assert!(
         s.deliveries_claim(t, t + 30_000, 100)
             .await

@@ -85,7 +85,8 @@ impl Sender {
             .expect("signer cache lock")
             .get(&c.app_id)
         {
-            if cached.generation == c.vapid_generation && cached.contact == c.contact {
+            if cached.generation == c.notice.vapid_generation && cached.contact == c.notice.contact
+            {
                 return Ok(cached.signer.clone());
             }
         }
@@ -294,7 +295,7 @@ impl Sender {
         );
         let encoding =
             ContentEncoding::parse(&target.content_encoding).unwrap_or(ContentEncoding::Aes128gcm);
-        let encrypted = ece::encrypt(&p256dh, &auth, &c.payload, encoding)
+        let encrypted = ece::encrypt(&p256dh, &auth, &c.notice.payload, encoding)
             .map_err(|e| Prepared::Failed(e.to_string()))?;
         let signer = self.signer(c).await.map_err(Prepared::Config)?;
         let authorization = signer
@@ -302,12 +303,12 @@ impl Sender {
             .map_err(|e| Prepared::Config(e.to_string()))?;
         let remaining_secs = ((c.expires_at - now_millis()).max(1000) / 1000) as u64;
         let opts = PushOptions {
-            ttl: Ttl::new(remaining_secs.min(c.ttl_secs.max(1) as u64)),
-            urgency: Urgency::parse(&c.urgency).unwrap_or_default(),
+            ttl: Ttl::new(remaining_secs.min(c.notice.ttl_secs.max(1) as u64)),
+            urgency: Urgency::parse(&c.notice.urgency).unwrap_or_default(),
             topic: if c.without_topic {
                 None
             } else {
-                c.topic_key.as_deref().map(TopicKey::new)
+                c.notice.topic_key.as_deref().map(TopicKey::new)
             },
         };
         let request = webpush::request::build(

@@ -151,21 +151,30 @@ pub struct Claimed {
     pub claims: i64,
     pub attempts: i64,
     pub app_id: String,
-    /// The app's key generation and contact, so a cached signer can be checked.
-    pub vapid_generation: i64,
-    pub contact: String,
     pub notification_id: String,
     pub subscription_id: String,
     pub vendor: String,
     /// `None` when the subscription disappeared while the delivery waited.
     pub target: Option<Target>,
+    /// Shared by every delivery of the notification in the same claim.
+    pub notice: Arc<Notice>,
+    pub without_topic: bool,
+    pub expires_at: Millis,
+    pub created_at: Millis,
+}
+
+/// What all deliveries of one notification have in common. A claim reads it
+/// once per notification, not once per delivery: a broadcast's batch shares
+/// one payload instead of copying it into every row.
+#[derive(Debug)]
+pub struct Notice {
     pub payload: Vec<u8>,
     pub ttl_secs: i64,
     pub urgency: String,
     pub topic_key: Option<String>,
-    pub without_topic: bool,
-    pub expires_at: Millis,
-    pub created_at: Millis,
+    /// The app's key generation and contact, so a cached signer can be checked.
+    pub vapid_generation: i64,
+    pub contact: String,
 }
 
 #[derive(Debug, Clone)]

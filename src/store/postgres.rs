@@ -561,7 +561,28 @@ impl PgStore {
             .bind(limit as i64)
             .fetch_all(&self.queue)
             .await?;
-        Ok(rows.iter().map(claimed_row).collect())
+        // Rows of one notification share one decoded `Notice`.
+        let mut notices: std::collections::HashMap<String, Arc<Notice>> = Default::default();
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let notification_id: String = r.get("notification_id");
+                let notice = notices
+                    .entry(notification_id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Notice {
+                            payload: r.get("payload"),
+                            ttl_secs: r.get("ttl_secs"),
+                            urgency: r.get("urgency"),
+                            topic_key: r.get("topic_key"),
+                            vapid_generation: r.get("vapid_generation"),
+                            contact: r.get("contact"),
+                        })
+                    })
+                    .clone();
+                claimed_row(r, notification_id, notice)
+            })
+            .collect())
     }
 
     pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
@@ -950,16 +971,14 @@ fn subscription_row(r: &PgRow) -> Result<SubscriptionRow> {
     })
 }
 
-fn claimed_row(r: &PgRow) -> Claimed {
+fn claimed_row(r: &PgRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
     let endpoint: Option<String> = r.get("endpoint");
     Claimed {
         id: r.get("id"),
         claims: r.get("claims"),
         attempts: r.get("attempts"),
         app_id: r.get("app_id"),
-        vapid_generation: r.get("vapid_generation"),
-        contact: r.get("contact"),
-        notification_id: r.get("notification_id"),
+        notification_id,
         subscription_id: r.get("subscription_id"),
         vendor: r.get("vendor"),
         target: endpoint.map(|endpoint| Target {
@@ -968,10 +987,7 @@ fn claimed_row(r: &PgRow) -> Claimed {
             auth: r.get("auth"),
             content_encoding: r.get("content_encoding"),
         }),
-        payload: r.get("payload"),
-        ttl_secs: r.get("ttl_secs"),
-        urgency: r.get("urgency"),
-        topic_key: r.get("topic_key"),
+        notice,
         without_topic: r.get("without_topic"),
         expires_at: r.get("expires_at"),
         created_at: r.get("created_at"),

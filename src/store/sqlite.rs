@@ -12,6 +12,7 @@
 //! delivery is sent again, which at-least-once delivery allows, and it keeps
 //! an fsync out of the path between a 202 and the push.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -434,9 +435,11 @@ impl SqliteStore {
     }
 }
 
-/// Commits waiting notifications in batches. Each job runs in its own
-/// savepoint, so one failing insert answers its caller with the error and
-/// leaves the others in the batch untouched.
+/// Commits waiting notifications in batches: one synced commit for all of
+/// them. If the batch fails as a whole, nothing of it is stored, and each job
+/// runs again in a transaction of its own, so one failing insert answers its
+/// own caller with the error and the others are stored. (Per-job savepoints
+/// would give the same answers at three more statements per notification.)
 async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<AcceptJob>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
@@ -449,16 +452,17 @@ async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<A
         match accept_batch(&writer, &batch).await {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(Ok(result));
                 }
             }
-            // The batch as a whole could not commit: nothing of it is stored,
-            // so each job gets its own error from a transaction of its own.
+            Err(e) if batch.len() == 1 => {
+                let _ = batch.remove(0).reply.send(Err(e));
+            }
             Err(_) => {
                 for job in batch {
                     let result = accept_batch(&writer, std::slice::from_ref(&job))
                         .await
-                        .and_then(|mut r| r.remove(0));
+                        .map(|mut r| r.remove(0));
                     let _ = job.reply.send(result);
                 }
             }
@@ -469,24 +473,20 @@ async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<A
 fn accept_batch<'a>(
     writer: &'a SqlitePool,
     batch: &'a [AcceptJob],
-) -> futures::future::BoxFuture<'a, Result<Vec<Result<Accepted>>>> {
+) -> futures::future::BoxFuture<'a, Result<Vec<Accepted>>> {
     Box::pin(async move {
         let mut tx = writer.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            sqlx::query("SAVEPOINT accept").execute(&mut *tx).await?;
-            let result = accept_one(
-                &mut tx,
-                &job.notification,
-                job.idempotency_key.as_deref(),
-                job.window_ms,
-            )
-            .await;
-            if result.is_err() {
-                sqlx::query("ROLLBACK TO accept").execute(&mut *tx).await?;
-            }
-            sqlx::query("RELEASE accept").execute(&mut *tx).await?;
-            results.push(result);
+            results.push(
+                accept_one(
+                    &mut tx,
+                    &job.notification,
+                    job.idempotency_key.as_deref(),
+                    job.window_ms,
+                )
+                .await?,
+            );
         }
         tx.commit().await?;
         Ok(results)
@@ -634,12 +634,10 @@ async fn claim(
             return Ok(Vec::new());
         }
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor, d.without_topic, d.expires_at, d.created_at,
-                    n.payload, n.ttl_secs, n.urgency, n.topic_key, a.vapid_generation, a.contact,
+            "SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor,
+                    d.without_topic, d.expires_at, d.created_at,
                     s.endpoint, s.p256dh, s.auth, s.content_encoding
-             FROM deliveries d JOIN notifications n ON n.id = d.notification_id
-             JOIN apps a ON a.id = d.app_id
-             LEFT JOIN subscriptions s ON s.id = d.subscription_id
+             FROM deliveries d LEFT JOIN subscriptions s ON s.id = d.subscription_id
              WHERE d.id IN (",
         );
         let mut sep = q.separated(", ");
@@ -648,9 +646,57 @@ async fn claim(
         }
         q.push(")");
         let rows = q.build().fetch_all(&mut *tx).await?;
+        let notices = claimed_notices(&mut tx, &rows).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(claimed_row).collect())
+        rows.iter()
+            .map(|r| {
+                let notification_id: String = r.get(4);
+                let notice = notices.get(&notification_id).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "delivery of missing notification {notification_id}"
+                    ))
+                })?;
+                Ok(claimed_row(r, notification_id, notice))
+            })
+            .collect()
     }
+}
+
+/// The notifications behind a claim's rows, each read once.
+async fn claimed_notices(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<HashMap<String, Arc<Notice>>> {
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.get::<&str, _>(4)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT n.id, n.payload, n.ttl_secs, n.urgency, n.topic_key, a.vapid_generation, a.contact
+         FROM notifications n JOIN apps a ON a.id = n.app_id
+         WHERE n.id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id.to_string());
+    }
+    q.push(")");
+    let notices = q.build().fetch_all(&mut *conn).await?;
+    Ok(notices
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Arc::new(Notice {
+                    payload: r.get(1),
+                    ttl_secs: r.get(2),
+                    urgency: r.get(3),
+                    topic_key: r.get(4),
+                    vapid_generation: r.get(5),
+                    contact: r.get(6),
+                }),
+            )
+        })
+        .collect())
 }
 
 /// Every outcome is this one statement. It is fenced by `(id, claims)`: a
@@ -960,30 +1006,26 @@ fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
     })
 }
 
-fn claimed_row(r: &SqliteRow) -> Claimed {
-    let endpoint: Option<String> = r.get("endpoint");
+/// A row of the claim query, by position (see `claim`).
+fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
+    let endpoint: Option<String> = r.get(10);
     Claimed {
-        id: r.get("id"),
-        claims: r.get("claims"),
-        attempts: r.get("attempts"),
-        app_id: r.get("app_id"),
-        vapid_generation: r.get("vapid_generation"),
-        contact: r.get("contact"),
-        notification_id: r.get("notification_id"),
-        subscription_id: r.get("subscription_id"),
-        vendor: r.get("vendor"),
+        id: r.get(0),
+        claims: r.get(1),
+        attempts: r.get(2),
+        app_id: r.get(3),
+        notification_id,
+        subscription_id: r.get(5),
+        vendor: r.get(6),
         target: endpoint.map(|endpoint| Target {
             endpoint,
-            p256dh: r.get("p256dh"),
-            auth: r.get("auth"),
-            content_encoding: r.get("content_encoding"),
+            p256dh: r.get(11),
+            auth: r.get(12),
+            content_encoding: r.get(13),
         }),
-        payload: r.get("payload"),
-        ttl_secs: r.get("ttl_secs"),
-        urgency: r.get("urgency"),
-        topic_key: r.get("topic_key"),
-        without_topic: r.get::<i64, _>("without_topic") != 0,
-        expires_at: r.get("expires_at"),
-        created_at: r.get("created_at"),
+        notice,
+        without_topic: r.get::<i64, _>(7) != 0,
+        expires_at: r.get(8),
+        created_at: r.get(9),
     }
 }
