@@ -648,17 +648,21 @@ async fn claim(
         let rows = q.build().fetch_all(&mut *tx).await?;
         let notices = claimed_notices(&mut tx, &rows).await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
+        // The foreign key keeps every delivery's notification; should one be
+        // missing all the same, that row waits out its lease and the others go.
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
                 let notification_id: String = r.get(4);
-                let notice = notices.get(&notification_id).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "delivery of missing notification {notification_id}"
-                    ))
-                })?;
-                Ok(claimed_row(r, notification_id, notice))
+                match notices.get(&notification_id) {
+                    Some(notice) => Some(claimed_row(r, notification_id, notice.clone())),
+                    None => {
+                        tracing::warn!(notification = %notification_id, "claimed a delivery of a missing notification");
+                        None
+                    }
+                }
             })
-            .collect()
+            .collect())
     }
 }
 
