@@ -161,7 +161,8 @@ impl Opts {
                         .collect::<Result<_, _>>()?
                 }
                 "--pg-runs" => o.pg_runs = value()?.parse()?,
-                "--herald" => o.herald_bin = value()?.into(),
+                // Herald starts in a scratch directory: resolve a relative path now.
+                "--herald" => o.herald_bin = std::path::absolute(value()?)?,
                 "--help" | "-h" => {
                     println!("{HELP}");
                     std::process::exit(0);

@@ -37,7 +37,9 @@ cargo build --release --bin herald
 # `cargo bench` rebuilds target/release/herald with the dev-dependencies'
 # features unified in, so measure a copy of the binary `cargo run --release`
 # runs. A --herald given on the command line comes later and wins.
-mkdir -p target/bench
-cp target/release/herald target/bench/herald
+target_dir="$(pwd)/target"
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then target_dir="$(cd "$CARGO_TARGET_DIR" && pwd)"; fi
+mkdir -p "$target_dir/bench"
+cp "$target_dir/release/herald" "$target_dir/bench/herald"
 echo "== delivery benchmark"
-exec cargo bench --bench delivery -- --herald target/bench/herald "$@"
+exec cargo bench --bench delivery -- --herald "$target_dir/bench/herald" "$@"
