@@ -567,19 +567,21 @@ impl PgStore {
             .iter()
             .map(|r| {
                 let notification_id: String = r.get("notification_id");
-                let notice = notices
-                    .entry(notification_id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Notice {
+                let notice = match notices.get(&notification_id) {
+                    Some(notice) => notice.clone(),
+                    None => {
+                        let notice = Arc::new(Notice {
                             payload: r.get("payload"),
                             ttl_secs: r.get("ttl_secs"),
                             urgency: r.get("urgency"),
                             topic_key: r.get("topic_key"),
                             vapid_generation: r.get("vapid_generation"),
                             contact: r.get("contact"),
-                        })
-                    })
-                    .clone();
+                        });
+                        notices.insert(notification_id.clone(), notice.clone());
+                        notice
+                    }
+                };
                 claimed_row(r, notification_id, notice)
             })
             .collect())
