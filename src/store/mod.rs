@@ -166,7 +166,9 @@ pub struct Claimed {
 /// What all deliveries of one notification have in common. A claim reads it
 /// once per notification, not once per delivery: a broadcast's batch shares
 /// one payload instead of copying it into every row.
-#[derive(Debug)]
+///
+/// Both stores read it by column name, so one derive serves both.
+#[derive(Debug, sqlx::FromRow)]
 pub struct Notice {
     pub payload: Vec<u8>,
     pub ttl_secs: i64,

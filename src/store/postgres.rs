@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, FromRow, Postgres, QueryBuilder, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -563,28 +563,20 @@ impl PgStore {
             .await?;
         // Rows of one notification share one decoded `Notice`.
         let mut notices: std::collections::HashMap<String, Arc<Notice>> = Default::default();
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 let notification_id: String = r.get("notification_id");
                 let notice = match notices.get(&notification_id) {
                     Some(notice) => notice.clone(),
                     None => {
-                        let notice = Arc::new(Notice {
-                            payload: r.get("payload"),
-                            ttl_secs: r.get("ttl_secs"),
-                            urgency: r.get("urgency"),
-                            topic_key: r.get("topic_key"),
-                            vapid_generation: r.get("vapid_generation"),
-                            contact: r.get("contact"),
-                        });
+                        let notice = Arc::new(Notice::from_row(r)?);
                         notices.insert(notification_id.clone(), notice.clone());
                         notice
                     }
                 };
-                claimed_row(r, notification_id, notice)
+                Ok(claimed_row(r, notification_id, notice))
             })
-            .collect())
+            .collect()
     }
 
     pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {

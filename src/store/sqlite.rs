@@ -20,7 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite};
 
 use super::*;
 use crate::domain::new_id;
@@ -685,22 +685,10 @@ async fn claimed_notices(
     }
     q.push(")");
     let notices = q.build().fetch_all(&mut *conn).await?;
-    Ok(notices
+    notices
         .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                Arc::new(Notice {
-                    payload: r.get(1),
-                    ttl_secs: r.get(2),
-                    urgency: r.get(3),
-                    topic_key: r.get(4),
-                    vapid_generation: r.get(5),
-                    contact: r.get(6),
-                }),
-            )
-        })
-        .collect())
+        .map(|r| Ok((r.try_get("id")?, Arc::new(Notice::from_row(r)?))))
+        .collect()
 }
 
 /// Every outcome is this one statement. It is fenced by `(id, claims)`: a
