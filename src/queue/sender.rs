@@ -155,9 +155,9 @@ impl Sender {
         let vendor = Vendor::of(&endpoint);
         let started = Instant::now();
         let classified = match self.send(&endpoint, request).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
+                let headers = std::mem::take(resp.headers_mut());
                 let body = read_limited(resp).await;
                 webpush::vendor::classify(vendor, status, &headers, &body, SystemTime::now())
             }

@@ -476,21 +476,92 @@ fn accept_batch<'a>(
 ) -> futures::future::BoxFuture<'a, Result<Vec<Accepted>>> {
     Box::pin(async move {
         let mut tx = writer.begin().await?;
+        // Sends to one user without an idempotency key, the common case, are
+        // stored by two statements for the whole batch; every other send by
+        // its own statements.
+        let to_user = |job: &AcceptJob| {
+            job.idempotency_key.is_none()
+                && matches!(job.notification.recipients, Recipients::User(_))
+        };
+        let together: Vec<&NewNotification> = batch
+            .iter()
+            .filter(|j| to_user(j))
+            .map(|j| &j.notification)
+            .collect();
+        let fanned_out = accept_to_users(&mut tx, &together).await?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            results.push(
-                accept_one(
-                    &mut tx,
-                    &job.notification,
-                    job.idempotency_key.as_deref(),
-                    job.window_ms,
-                )
-                .await?,
-            );
+            let n = &job.notification;
+            results.push(if to_user(job) {
+                Accepted::Created {
+                    id: n.id.clone(),
+                    deliveries: fanned_out.get(n.id.as_str()).copied().unwrap_or(0),
+                }
+            } else {
+                accept_one(&mut tx, n, job.idempotency_key.as_deref(), job.window_ms).await?
+            });
         }
         tx.commit().await?;
         Ok(results)
     })
+}
+
+/// Notifications per multi-row statement: 9 parameters each, well below
+/// SQLite's limit of 32 766.
+const ACCEPT_CHUNK: usize = 256;
+
+/// Stores notifications that each go to one user, with their fan-out, in
+/// two statements per chunk; answers how many deliveries each one got.
+async fn accept_to_users<'a>(
+    tx: &mut sqlx::SqliteConnection,
+    notifications: &[&'a NewNotification],
+) -> Result<HashMap<&'a str, u64>> {
+    let mut deliveries: HashMap<&str, u64> = HashMap::new();
+    for chunk in notifications.chunks(ACCEPT_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) ",
+        );
+        q.push_values(chunk, |mut row, n| {
+            row.push_bind(&n.id)
+                .push_bind(&n.app_id)
+                .push_bind(&n.title)
+                .push_bind(&n.payload)
+                .push_bind(n.ttl_secs as i64)
+                .push_bind(&n.urgency)
+                .push_bind(&n.topic_key)
+                .push_bind(n.created_at)
+                .push_bind(n.expires_at());
+        });
+        q.build().execute(&mut *tx).await?;
+
+        // The same rows as `push_fan_out` writes for `Recipients::User`.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
+             SELECT v.column1, s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, v.column2, v.column3, v.column2 FROM (",
+        );
+        q.push_values(chunk, |mut row, n| {
+            let Recipients::User(user) = &n.recipients else {
+                unreachable!("only sends to one user are stored together")
+            };
+            row.push_bind(&n.id)
+                .push_bind(n.created_at)
+                .push_bind(n.expires_at())
+                .push_bind(&n.app_id)
+                .push_bind(user);
+        });
+        q.push(
+            ") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5
+             RETURNING notification_id",
+        );
+        let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        deliveries.extend(chunk.iter().map(|n| (n.id.as_str(), 0)));
+        for id in ids {
+            if let Some(count) = deliveries.get_mut(id.as_str()) {
+                *count += 1;
+            }
+        }
+    }
+    Ok(deliveries)
 }
 
 fn accept_one<'a>(
@@ -569,15 +640,33 @@ async fn restore_synced(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
     }
 }
 
-const CLAIM_DUE: &str = "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, claims = claims + 1, sent_at = ?2
-    WHERE id IN (SELECT id FROM deliveries WHERE app_id = ?3 AND status = 'pending' AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at LIMIT ?4)
-    RETURNING id";
+/// What a claim returns per delivery, by position (see [`claimed_row`]): the
+/// row and its subscription's target, read by the claiming statement itself
+/// so a claim is one statement per app and not a second query over the ids.
+macro_rules! claim_returning {
+    () => {
+        " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
+        without_topic, expires_at, created_at,
+        (SELECT endpoint FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT p256dh FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT auth FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT content_encoding FROM subscriptions s WHERE s.id = deliveries.subscription_id)"
+    };
+}
 
-const CLAIM_EXPIRED_LEASES: &str = "UPDATE deliveries SET lease_until = ?1, claims = claims + 1, sent_at = ?2
+const CLAIM_DUE: &str = concat!(
+    "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, claims = claims + 1, sent_at = ?2
+    WHERE id IN (SELECT id FROM deliveries WHERE app_id = ?3 AND status = 'pending' AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?4)",
+    claim_returning!()
+);
+
+const CLAIM_EXPIRED_LEASES: &str = concat!(
+    "UPDATE deliveries SET lease_until = ?1, claims = claims + 1, sent_at = ?2
     WHERE id IN (SELECT id FROM deliveries WHERE app_id = ?3 AND status = 'in_flight' AND lease_until <= ?2
-                 ORDER BY lease_until LIMIT ?4)
-    RETURNING id";
+                 ORDER BY lease_until LIMIT ?4)",
+    claim_returning!()
+);
 
 async fn claim(
     conn: &mut sqlx::SqliteConnection,
@@ -585,85 +674,67 @@ async fn claim(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<Claimed>> {
-    {
-        let mut tx = conn.begin().await?;
-        // Room per app: max_concurrency minus its unexpired leases.
-        let rooms: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT a.id, a.max_concurrency - (SELECT count(*) FROM deliveries d
-                 WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ?1)
-             FROM apps a WHERE a.max_concurrency > 0",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut claimed_ids: Vec<i64> = Vec::new();
-        let mut budget = limit as i64;
-        for (app_id, room) in rooms {
-            let take = room.min(budget);
-            if take <= 0 {
-                continue;
+    let mut tx = conn.begin().await?;
+    // Room per app: max_concurrency minus its unexpired leases.
+    let rooms: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT a.id, a.max_concurrency - (SELECT count(*) FROM deliveries d
+             WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ?1)
+         FROM apps a WHERE a.max_concurrency > 0",
+    )
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows: Vec<SqliteRow> = Vec::new();
+    let mut budget = limit as i64;
+    for (app_id, room) in rooms {
+        let take = room.min(budget);
+        if take <= 0 {
+            continue;
+        }
+        // Leases that ran out (a crashed worker's) first: they are overdue.
+        // Each statement reads its partial index in order, so a claim
+        // costs the same with ten or a million deliveries waiting.
+        let before = rows.len() as i64;
+        for statement in [CLAIM_EXPIRED_LEASES, CLAIM_DUE] {
+            let wanted = take - (rows.len() as i64 - before);
+            if wanted <= 0 {
+                break;
             }
-            // Leases that ran out (a crashed worker's) first: they are overdue.
-            // Each statement reads its partial index in order, so a claim
-            // costs the same with ten or a million deliveries waiting.
-            let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM_EXPIRED_LEASES)
+            let claimed = sqlx::query(statement)
                 .bind(lease_until)
                 .bind(now)
                 .bind(&app_id)
-                .bind(take)
+                .bind(wanted)
                 .fetch_all(&mut *tx)
                 .await?;
-            if (ids.len() as i64) < take {
-                let due: Vec<i64> = sqlx::query_scalar(CLAIM_DUE)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(&app_id)
-                    .bind(take - ids.len() as i64)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                ids.extend(due);
-            }
-            budget -= ids.len() as i64;
-            claimed_ids.extend(ids);
-            if budget <= 0 {
-                break;
-            }
+            rows.extend(claimed);
         }
-        if claimed_ids.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
+        budget -= rows.len() as i64 - before;
+        if budget <= 0 {
+            break;
         }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT d.id, d.claims, d.attempts, d.app_id, d.notification_id, d.subscription_id, d.vendor,
-                    d.without_topic, d.expires_at, d.created_at,
-                    s.endpoint, s.p256dh, s.auth, s.content_encoding
-             FROM deliveries d LEFT JOIN subscriptions s ON s.id = d.subscription_id
-             WHERE d.id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for id in &claimed_ids {
-            sep.push_bind(*id);
-        }
-        q.push(")");
-        let rows = q.build().fetch_all(&mut *tx).await?;
-        let notices = claimed_notices(&mut tx, &rows).await?;
-        tx.commit().await?;
-        // The foreign key keeps every delivery's notification; should one be
-        // missing all the same, that row waits out its lease and the others go.
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let notification_id: String = r.get(4);
-                match notices.get(&notification_id) {
-                    Some(notice) => Some(claimed_row(r, notification_id, notice.clone())),
-                    None => {
-                        tracing::warn!(notification = %notification_id, "claimed a delivery of a missing notification");
-                        None
-                    }
-                }
-            })
-            .collect())
     }
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let notices = claimed_notices(&mut tx, &rows).await?;
+    tx.commit().await?;
+    // The foreign key keeps every delivery's notification; should one be
+    // missing all the same, that row waits out its lease and the others go.
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let notification_id: String = r.get(4);
+            match notices.get(&notification_id) {
+                Some(notice) => Some(claimed_row(r, notification_id, notice.clone())),
+                None => {
+                    tracing::warn!(notification = %notification_id, "claimed a delivery of a missing notification");
+                    None
+                }
+            }
+        })
+        .collect())
 }
 
 /// The notifications behind a claim's rows, each read once.
@@ -998,7 +1069,7 @@ fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
     })
 }
 
-/// A row of the claim query, by position (see `claim`).
+/// A row of a claim, by position (see `claim_returning!`).
 fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
     let endpoint: Option<String> = r.get(10);
     Claimed {

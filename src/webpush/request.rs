@@ -111,7 +111,7 @@ pub fn build(
     vapid_public_key_b64: &str,
 ) -> reqwest::RequestBuilder {
     let mut req = client
-        .post(endpoint.as_str())
+        .post(endpoint.url().clone())
         .header("TTL", opts.ttl.seconds())
         .header("Urgency", opts.urgency.as_str())
         .header(

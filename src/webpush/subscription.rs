@@ -180,6 +180,9 @@ impl Default for AllowedHosts {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     url: String,
+    /// The same URL, parsed: the HTTP client takes it as is instead of
+    /// parsing the string again for every push.
+    parsed: url::Url,
     /// Byte range of the host inside `url`.
     host: std::ops::Range<usize>,
     origin: String,
@@ -230,16 +233,16 @@ impl Endpoint {
         // Fragments are never sent to the server; drop them so equal
         // endpoints compare equal.
         url.set_fragment(None);
-        let url: String = url.into();
-        if url.len() > MAX_ENDPOINT_LEN {
+        if url.as_str().len() > MAX_ENDPOINT_LEN {
             // Normalisation (percent-encoding) can lengthen the input.
             return Err(SubscriptionError::EndpointTooLong);
         }
         Self::from_normalized(url)
     }
 
-    /// Build from an already-normalised URL string (output of `url::Url`).
-    fn from_normalized(url: String) -> Result<Self, SubscriptionError> {
+    /// Build from an already-normalised URL (output of `url::Url`).
+    fn from_normalized(parsed: url::Url) -> Result<Self, SubscriptionError> {
+        let url = parsed.as_str().to_string();
         let after_scheme = "https://".len();
         if !url.starts_with("https://") {
             return Err(SubscriptionError::EndpointNotHttps);
@@ -261,11 +264,17 @@ impl Endpoint {
             host: after_scheme..after_scheme + host_len,
             origin,
             url,
+            parsed,
         })
     }
 
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// The parsed URL, for the HTTP client.
+    pub fn url(&self) -> &url::Url {
+        &self.parsed
     }
 
     /// The host, lowercase, without port (IPv6 in brackets).
