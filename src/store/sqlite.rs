@@ -506,6 +506,25 @@ fn accept_batch<'a>(
     })
 }
 
+/// One statement storing the notification rows of `notifications`.
+fn insert_notifications<'a>(notifications: &[&'a NewNotification]) -> QueryBuilder<'a, Sqlite> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) ",
+    );
+    q.push_values(notifications.iter().copied(), |mut row, n| {
+        row.push_bind(&n.id)
+            .push_bind(&n.app_id)
+            .push_bind(&n.title)
+            .push_bind(&n.payload)
+            .push_bind(n.ttl_secs as i64)
+            .push_bind(&n.urgency)
+            .push_bind(&n.topic_key)
+            .push_bind(n.created_at)
+            .push_bind(n.expires_at());
+    });
+    q
+}
+
 /// Notifications per multi-row statement: 9 parameters each, well below
 /// SQLite's limit of 32 766.
 const ACCEPT_CHUNK: usize = 256;
@@ -518,21 +537,10 @@ async fn accept_to_users<'a>(
 ) -> Result<HashMap<&'a str, u64>> {
     let mut deliveries: HashMap<&str, u64> = HashMap::new();
     for chunk in notifications.chunks(ACCEPT_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) ",
-        );
-        q.push_values(chunk, |mut row, n| {
-            row.push_bind(&n.id)
-                .push_bind(&n.app_id)
-                .push_bind(&n.title)
-                .push_bind(&n.payload)
-                .push_bind(n.ttl_secs as i64)
-                .push_bind(&n.urgency)
-                .push_bind(&n.topic_key)
-                .push_bind(n.created_at)
-                .push_bind(n.expires_at());
-        });
-        q.build().execute(&mut *tx).await?;
+        insert_notifications(chunk)
+            .build()
+            .execute(&mut *tx)
+            .await?;
 
         // The same rows as `push_fan_out` writes for `Recipients::User`.
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -591,21 +599,7 @@ fn accept_one<'a>(
                     .await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&n.id)
-        .bind(&n.app_id)
-        .bind(&n.title)
-        .bind(&n.payload)
-        .bind(n.ttl_secs as i64)
-        .bind(&n.urgency)
-        .bind(&n.topic_key)
-        .bind(n.created_at)
-        .bind(n.expires_at())
-        .execute(&mut *tx)
-        .await?;
+        insert_notifications(&[n]).build().execute(&mut *tx).await?;
 
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_fan_out(&mut q, n);
