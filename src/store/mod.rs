@@ -21,6 +21,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{DeliveryStatus, Millis, NewNotification, Recipients};
 
+/// The columns of a notification row, in the order [`push_notification_row`]
+/// binds them.
+const NOTIFICATION_COLUMNS: &str =
+    "notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)";
+
+/// Binds one notification row's values, for [`NOTIFICATION_COLUMNS`].
+fn push_notification_row<'a, DB: sqlx::Database>(
+    row: &mut sqlx::query_builder::Separated<'_, 'a, DB, &'static str>,
+    n: &'a NewNotification,
+) where
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    row.push_bind(&n.id)
+        .push_bind(&n.app_id)
+        .push_bind(&n.title)
+        .push_bind(&n.payload)
+        .push_bind(n.ttl_secs as i64)
+        .push_bind(&n.urgency)
+        .push_bind(&n.topic_key)
+        .push_bind(n.created_at)
+        .push_bind(n.expires_at());
+}
+
 /// Appends a notification's fan-out, `INSERT INTO deliveries … SELECT …
 /// FROM subscriptions` with the recipient filter, to `q`. One text for both
 /// backends (the builder writes each one's placeholders): a broadcast to

@@ -860,21 +860,9 @@ async fn announce_loop(
 /// that answers with the number of deliveries. The deliveries' foreign key to
 /// the notification is checked at the end of the statement, when both exist.
 fn store_notification(n: &NewNotification) -> QueryBuilder<'_, Postgres> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-        "WITH stored AS (INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) VALUES (",
-    );
-    {
-        let mut v = q.separated(", ");
-        v.push_bind(&n.id)
-            .push_bind(&n.app_id)
-            .push_bind(&n.title)
-            .push_bind(&n.payload)
-            .push_bind(n.ttl_secs as i64)
-            .push_bind(&n.urgency)
-            .push_bind(&n.topic_key)
-            .push_bind(n.created_at)
-            .push_bind(n.expires_at());
-    }
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new("WITH stored AS (INSERT INTO ");
+    q.push(NOTIFICATION_COLUMNS).push(" VALUES (");
+    push_notification_row(&mut q.separated(", "), n);
     q.push(")), fanned AS (");
     push_fan_out(&mut q, n);
     q.push(" RETURNING 1) SELECT count(*) FROM fanned");

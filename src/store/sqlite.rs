@@ -479,20 +479,18 @@ fn accept_batch<'a>(
         // Sends to one user without an idempotency key, the common case, are
         // stored by two statements for the whole batch; every other send by
         // its own statements.
-        let to_user = |job: &AcceptJob| {
-            job.idempotency_key.is_none()
-                && matches!(job.notification.recipients, Recipients::User(_))
+        let to_user = |job: &'a AcceptJob| match &job.notification.recipients {
+            Recipients::User(user) if job.idempotency_key.is_none() => {
+                Some((&job.notification, user.as_str()))
+            }
+            _ => None,
         };
-        let together: Vec<&NewNotification> = batch
-            .iter()
-            .filter(|j| to_user(j))
-            .map(|j| &j.notification)
-            .collect();
+        let together: Vec<_> = batch.iter().filter_map(to_user).collect();
         let fanned_out = accept_to_users(&mut tx, &together).await?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             let n = &job.notification;
-            results.push(if to_user(job) {
+            results.push(if to_user(job).is_some() {
                 Accepted::Created {
                     id: n.id.clone(),
                     deliveries: fanned_out.get(n.id.as_str()).copied().unwrap_or(0),
@@ -507,20 +505,13 @@ fn accept_batch<'a>(
 }
 
 /// One statement storing the notification rows of `notifications`.
-fn insert_notifications<'a>(notifications: &[&'a NewNotification]) -> QueryBuilder<'a, Sqlite> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at) ",
-    );
-    q.push_values(notifications.iter().copied(), |mut row, n| {
-        row.push_bind(&n.id)
-            .push_bind(&n.app_id)
-            .push_bind(&n.title)
-            .push_bind(&n.payload)
-            .push_bind(n.ttl_secs as i64)
-            .push_bind(&n.urgency)
-            .push_bind(&n.topic_key)
-            .push_bind(n.created_at)
-            .push_bind(n.expires_at());
+fn insert_notifications<'a>(
+    notifications: impl IntoIterator<Item = &'a NewNotification>,
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO ");
+    q.push(NOTIFICATION_COLUMNS).push(" ");
+    q.push_values(notifications, |mut row, n| {
+        push_notification_row(&mut row, n)
     });
     q
 }
@@ -533,11 +524,11 @@ const ACCEPT_CHUNK: usize = 256;
 /// two statements per chunk; answers how many deliveries each one got.
 async fn accept_to_users<'a>(
     tx: &mut sqlx::SqliteConnection,
-    notifications: &[&'a NewNotification],
+    sends: &[(&'a NewNotification, &'a str)],
 ) -> Result<HashMap<&'a str, u64>> {
     let mut deliveries: HashMap<&str, u64> = HashMap::new();
-    for chunk in notifications.chunks(ACCEPT_CHUNK) {
-        insert_notifications(chunk)
+    for chunk in sends.chunks(ACCEPT_CHUNK) {
+        insert_notifications(chunk.iter().map(|(n, _)| *n))
             .build()
             .execute(&mut *tx)
             .await?;
@@ -547,22 +538,19 @@ async fn accept_to_users<'a>(
             "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
              SELECT v.column1, s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, v.column2, v.column3, v.column2 FROM (",
         );
-        q.push_values(chunk, |mut row, n| {
-            let Recipients::User(user) = &n.recipients else {
-                unreachable!("only sends to one user are stored together")
-            };
+        q.push_values(chunk, |mut row, (n, user)| {
             row.push_bind(&n.id)
                 .push_bind(n.created_at)
                 .push_bind(n.expires_at())
                 .push_bind(&n.app_id)
-                .push_bind(user);
+                .push_bind(*user);
         });
         q.push(
             ") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5
              RETURNING notification_id",
         );
         let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-        deliveries.extend(chunk.iter().map(|n| (n.id.as_str(), 0)));
+        deliveries.extend(chunk.iter().map(|(n, _)| (n.id.as_str(), 0)));
         for id in ids {
             if let Some(count) = deliveries.get_mut(id.as_str()) {
                 *count += 1;
@@ -599,7 +587,7 @@ fn accept_one<'a>(
                     .await?;
             }
         }
-        insert_notifications(&[n]).build().execute(&mut *tx).await?;
+        insert_notifications([n]).build().execute(&mut *tx).await?;
 
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_fan_out(&mut q, n);

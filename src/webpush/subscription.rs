@@ -179,11 +179,10 @@ impl Default for AllowedHosts {
 /// A validated push endpoint (https, allowed host, ≤ 1024 chars).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    url: String,
-    /// The same URL, parsed: the HTTP client takes it as is instead of
-    /// parsing the string again for every push.
-    parsed: url::Url,
-    /// Byte range of the host inside `url`.
+    /// Parsed once: the HTTP client takes it as is, without parsing the
+    /// string again for every push.
+    url: url::Url,
+    /// Byte range of the host inside `url`'s serialisation.
     host: std::ops::Range<usize>,
     origin: String,
 }
@@ -242,7 +241,7 @@ impl Endpoint {
 
     /// Build from an already-normalised URL (output of `url::Url`).
     fn from_normalized(parsed: url::Url) -> Result<Self, SubscriptionError> {
-        let url = parsed.as_str().to_string();
+        let url = parsed.as_str();
         let after_scheme = "https://".len();
         if !url.starts_with("https://") {
             return Err(SubscriptionError::EndpointNotHttps);
@@ -263,23 +262,22 @@ impl Endpoint {
         Ok(Self {
             host: after_scheme..after_scheme + host_len,
             origin,
-            url,
-            parsed,
+            url: parsed,
         })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
     /// The parsed URL, for the HTTP client.
     pub fn url(&self) -> &url::Url {
-        &self.parsed
+        &self.url
     }
 
     /// The host, lowercase, without port (IPv6 in brackets).
     pub fn host(&self) -> &str {
-        &self.url[self.host.clone()]
+        &self.as_str()[self.host.clone()]
     }
 
     /// scheme://host[:port] — the VAPID audience. The port appears only when it is not 443.
@@ -290,7 +288,7 @@ impl Endpoint {
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(self.as_str())
     }
 }
 
