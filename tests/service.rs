@@ -837,3 +837,71 @@ async fn a_503_with_retry_after_is_retried_when_the_service_said() {
         "retried after {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn sends_to_users_keep_within_the_apps_max_concurrency() {
+    let (emu, app, acme) = setup().await;
+    app.patch_app(&acme, json!({"max_concurrency": 2})).await;
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let (sub, _) = subscribed(&app, &acme, &emu, EmuVendor::Fcm, &format!("u{i}")).await;
+        emu.script(&sub, vec![Scripted::ok().delay(Duration::from_millis(600))]);
+        subs.push(sub);
+    }
+    // Six sends at once, each to its own user: accepted together, so they
+    // are stored in one go, and only two may be in flight.
+    let sends = (0..6).map(|i| {
+        app.send_ok(
+            &acme,
+            json!({"to": {"user": format!("u{i}")}, "title": "t", "body": "b"}),
+        )
+    });
+    let ids = futures::future::join_all(sends).await;
+    let got = emu.wait_for(6, WAIT).await;
+    for id in &ids {
+        assert_eq!(app.settled(&acme, id, WAIT).await["delivered"], 1);
+    }
+    // Each answer takes 600 ms, so with two in flight no 500 ms window sees
+    // more than two requests arrive.
+    for r in &got {
+        let close = got
+            .iter()
+            .filter(|o| o.at >= r.at && o.at < r.at + Duration::from_millis(500))
+            .count();
+        assert!(
+            close <= 2,
+            "{close} requests began within 500 ms of each other"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_user_with_more_devices_than_free_senders_gets_every_device() {
+    let emu = Emulator::start().await;
+    let app = spawn_app_with(emu.ca_file(), |s| s.concurrency = 2).await;
+    let acme = app.create_app("acme").await;
+    let vendors = [
+        EmuVendor::Fcm,
+        EmuVendor::Mozilla,
+        EmuVendor::Apple,
+        EmuVendor::Wns,
+        EmuVendor::Fcm,
+    ];
+    let mut subs = Vec::new();
+    for v in vendors {
+        let (sub, _) = subscribed(&app, &acme, &emu, v, "bo").await;
+        subs.push(sub);
+    }
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "all five", "body": "b"}),
+        )
+        .await;
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 5);
+    for sub in &subs {
+        let got = emu.received_for(sub);
+        assert_eq!(got.len(), 1, "one push per device");
+        assert_eq!(payload_of(&got[0])["title"], "all five");
+    }
+}

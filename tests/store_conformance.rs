@@ -1640,3 +1640,182 @@ async fn work_removed_while_claimed_stays_removed(db: &Db) {
         "removed by the regeneration"
     );
 }
+
+// ---- SQLite: sends to users handed to the local queue as they are stored ----
+
+/// A queue with `room` free senders that records what it is handed.
+struct FakeIntake {
+    room: std::sync::Arc<tokio::sync::Semaphore>,
+    lease: i64,
+    started: std::sync::Mutex<Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>>,
+    wakes: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeIntake {
+    fn attach(store: &Store, room: usize) -> std::sync::Arc<FakeIntake> {
+        let intake = std::sync::Arc::new(FakeIntake {
+            room: std::sync::Arc::new(tokio::sync::Semaphore::new(room)),
+            lease: 60_000,
+            started: Default::default(),
+            wakes: Default::default(),
+        });
+        store.attach_intake(intake.clone());
+        intake
+    }
+
+    fn started(&self) -> Vec<Claimed> {
+        let started = self.started.lock().unwrap();
+        started.iter().map(|(c, _)| c.clone()).collect()
+    }
+}
+
+impl herald::store::Intake for FakeIntake {
+    fn reserve(&self, wanted: usize) -> herald::store::Reservation {
+        let now = now();
+        let mut permits = Vec::new();
+        while permits.len() < wanted {
+            match self.room.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        herald::store::Reservation {
+            permits,
+            now,
+            lease_until: now + self.lease,
+        }
+    }
+
+    fn start(&self, claimed: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.started.lock().unwrap().push((claimed, permit));
+    }
+
+    fn wake(&self) {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends to `users` at once, so the store commits them together.
+async fn send_to_users(store: &Store, app: &AppRow, users: &[&str]) -> Vec<NewNotification> {
+    let sends: Vec<NewNotification> = users
+        .iter()
+        .map(|u| notification(app, Recipients::User(u.to_string()), now()))
+        .collect();
+    for r in
+        futures::future::join_all(sends.iter().map(|n| store.notification_create(n, None, 0))).await
+    {
+        r.unwrap();
+    }
+    sends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
+    let db = sqlite().await;
+    let store = &db.store;
+    let app = app(store, 100).await;
+    for u in ["ann", "bob", "cy"] {
+        sub(store, &app, u).await;
+    }
+    sub(store, &app, "bob").await;
+    let intake = FakeIntake::attach(store, 100);
+    assert!(store.wakes_queue());
+    let sends = send_to_users(store, &app, &["ann", "bob", "cy"]).await;
+
+    // All four deliveries went to the queue, leased, with what a claim gives.
+    let started = intake.started();
+    assert_eq!(started.len(), 4);
+    assert_eq!(
+        intake.wakes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing left to claim"
+    );
+    for c in &started {
+        let n = sends
+            .iter()
+            .find(|n| n.id == c.notification_id)
+            .expect("a delivery of one of the sends");
+        assert_eq!(c.claims, 1);
+        assert_eq!(c.attempts, 0);
+        assert_eq!(c.notice.payload, n.payload);
+        assert_eq!(c.notice.topic_key, n.topic_key);
+        assert_eq!(c.notice.contact, app.contact);
+        let target = c.target.as_ref().expect("the subscription's target");
+        assert_eq!(target.p256dh, vec![4; 65]);
+        assert_eq!(target.auth, vec![7; 16]);
+        let row = status_of(store, &app, c.id).await;
+        assert_eq!(row.status, "in_flight");
+    }
+    // A claim does not take them again while their lease runs.
+    assert!(store
+        .deliveries_claim(now(), now() + 60_000, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // Their outcomes are fenced by the claim they were stored with.
+    let outcomes: Vec<Recorded> = started
+        .iter()
+        .map(|c| recorded(c, Disposition::Delivered { at: now() }))
+        .collect();
+    store.deliveries_record(&outcomes, now()).await.unwrap();
+    assert_eq!(
+        rows(store, &app, Some(DeliveryStatus::Delivered))
+            .await
+            .len(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leases_only_what_the_queue_and_the_app_have_room_for() {
+    let db = sqlite().await;
+    let store = &db.store;
+    // Room in the app for 3 (one lease already runs), in the queue for 5.
+    let app = app(store, 4).await;
+    let users = ["u0", "u1", "u2", "u3", "u4", "u5"];
+    for u in users {
+        sub(store, &app, u).await;
+    }
+    sub(store, &app, "first").await;
+    send(store, &app, Recipients::User("first".into()), now()).await;
+    assert_eq!(
+        store
+            .deliveries_claim(now(), now() + 60_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let intake = FakeIntake::attach(store, 5);
+    send_to_users(store, &app, &users).await;
+
+    assert_eq!(intake.started().len(), 3, "the app's max_concurrency holds");
+    assert_eq!(
+        rows(store, &app, Some(DeliveryStatus::InFlight))
+            .await
+            .len(),
+        4
+    );
+    assert_eq!(
+        rows(store, &app, Some(DeliveryStatus::Pending)).await.len(),
+        3
+    );
+    assert!(
+        intake.wakes.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the rest is claimable"
+    );
+    // Room reserved but not used went back to the queue.
+    assert_eq!(intake.room.available_permits(), 2);
+
+    // A paused app gets nothing handed over, and its sends wait.
+    let paused = self::app(store, 0).await;
+    sub(store, &paused, "p").await;
+    send_to_users(store, &paused, &["p"]).await;
+    assert_eq!(intake.started().len(), 3);
+    assert_eq!(
+        rows(store, &paused, Some(DeliveryStatus::Pending))
+            .await
+            .len(),
+        1
+    );
+}

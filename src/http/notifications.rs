@@ -293,7 +293,9 @@ async fn send(
         Accepted::Created { id, deliveries } => (id, deliveries, false),
         Accepted::Replayed { id, deliveries } => (id, deliveries, true),
     };
-    if deliveries > 0 && !replayed {
+    // Where the store hands new work to the queue itself, it also wakes the
+    // queue for whatever it could not start.
+    if deliveries > 0 && !replayed && !state.store.wakes_queue() {
         state.queue.wake();
     }
     Ok((

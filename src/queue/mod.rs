@@ -2,32 +2,42 @@
 //!
 //! ```text
 //!  API ── store ──▶ wake() ──▶ Dispatcher ── claim batch ──▶ Sender tasks ──▶ push service
-//!                                   ▲                             │
+//!           │                       ▲                          ▲  │
+//!           └── leased as stored ───┼──────────────────────────┘  │  (SQLite, sends to users)
 //!                                   └── wake() ◀── Recorder ◀─────┘ outcomes, written in batches
 //! ```
 //!
 //! - Event-driven: storing work calls [`Queue::wake`]; the dispatcher claims at
 //!   once. With nothing due it sleeps until the earliest due time or lease
 //!   expiry that the database reports, or until woken: never a polling period.
+//! - On SQLite a send to users skips the claim: the store leases the new
+//!   deliveries to this queue in the transaction that stores them and hands
+//!   them over after the commit ([`Intake`]); it wakes the dispatcher only
+//!   for what did not fit.
 //! - At-least-once: a claim is a lease in the database. If this process dies,
 //!   the lease runs out and any worker claims the delivery again.
 //! - A global limit (a semaphore of `concurrency` permits) bounds requests in
-//!   flight; per-app `max_concurrency` is enforced by the claim itself.
+//!   flight; per-app `max_concurrency` is enforced by the claim itself (and by
+//!   the store when it leases deliveries as it stores them).
 //! - Outcomes are written in batches by one recorder, so a busy queue costs a
 //!   transaction per batch, not per delivery.
 
 pub mod retry;
 pub mod sender;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::now_millis;
-use crate::store::{Claimed, Recorded, Store};
+use crate::store::{Claimed, Intake, Recorded, Reservation, Store};
 use sender::{Decision, Sender};
+
+/// A finished send on its way to the recorder, with the permit it held.
+type Finished = (Recorded, Option<String>, String, OwnedSemaphorePermit);
 
 /// Most outcomes written in one transaction.
 const RECORD_BATCH: usize = 1024;
@@ -46,6 +56,10 @@ struct Inner {
     claim_batch: u32,
     lease: Duration,
     retention: Duration,
+    /// The recorder's inbox while the queue runs, for deliveries the store
+    /// hands over ([`Intake`]); `None` before and after.
+    finished: RwLock<Option<mpsc::UnboundedSender<Finished>>>,
+    stopping: AtomicBool,
 }
 
 impl Queue {
@@ -67,6 +81,8 @@ impl Queue {
                 claim_batch,
                 lease,
                 retention,
+                finished: RwLock::new(None),
+                stopping: AtomicBool::new(false),
             }),
         }
     }
@@ -97,25 +113,36 @@ impl Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let recorder = tokio::spawn(self.clone().record(rx));
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        *self.inner.finished.write().expect("intake lock") = Some(tx.clone());
+        self.inner.store.attach_intake(Arc::new(QueueIntake {
+            queue: Arc::downgrade(&self.inner),
+        }));
         self.dispatch(tx, stop).await;
+        // No new hand-overs; the recorder ends once the last send is recorded.
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.finished.write().expect("intake lock").take();
         // In-flight sends finish and their outcomes are recorded; what is not
         // recorded is re-claimed after its lease by whoever runs next.
         let _ = recorder.await;
         maintenance.abort();
     }
 
-    async fn dispatch(
-        &self,
-        tx: mpsc::UnboundedSender<(Recorded, Option<String>, String, OwnedSemaphorePermit)>,
-        stop: CancellationToken,
-    ) {
+    async fn dispatch(&self, tx: mpsc::UnboundedSender<Finished>, stop: CancellationToken) {
         let q = &self.inner;
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let room = q.permits.available_permits();
-            if room == 0 {
+            // Permits first, then the claim: the store may take permits for
+            // the deliveries it starts itself ([`Intake`]) meanwhile.
+            let mut permits = Vec::new();
+            while permits.len() < q.claim_batch as usize {
+                match q.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            if permits.is_empty() {
                 // Every permit is out: the next finished send frees one.
                 tokio::select! {
                     p = q.permits.clone().acquire_owned() => drop(p),
@@ -124,14 +151,14 @@ impl Queue {
                 continue;
             }
             let now = now_millis();
-            let limit = (room as u32).min(q.claim_batch);
             let claimed = match q
                 .store
-                .deliveries_claim(now, now + q.lease.as_millis() as i64, limit)
+                .deliveries_claim(now, now + q.lease.as_millis() as i64, permits.len() as u32)
                 .await
             {
                 Ok(c) => c,
                 Err(e) => {
+                    drop(permits);
                     tracing::warn!(error = %e, "claiming deliveries failed; retrying shortly");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {},
@@ -141,41 +168,15 @@ impl Queue {
                 }
             };
             if claimed.is_empty() {
+                drop(permits);
                 self.sleep_until_due(&stop).await;
                 continue;
             }
             for c in claimed {
-                let permit = q
-                    .permits
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("claims never exceed free permits");
-                let sender = q.sender.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let Decision {
-                        disposition,
-                        config_error,
-                    } = sender.deliver(&c).await;
-                    let Claimed {
-                        id,
-                        claims,
-                        subscription_id,
-                        app_id,
-                        ..
-                    } = c;
-                    let _ = tx.send((
-                        Recorded {
-                            id,
-                            claims,
-                            subscription_id,
-                            disposition,
-                        },
-                        config_error,
-                        app_id,
-                        permit,
-                    ));
-                });
+                let permit = permits
+                    .pop()
+                    .expect("a claim returns at most as many rows as it was given permits");
+                spawn_send(&q.sender, c, permit, tx.clone());
             }
         }
     }
@@ -210,10 +211,7 @@ impl Queue {
         }
     }
 
-    async fn record(
-        self,
-        mut rx: mpsc::UnboundedReceiver<(Recorded, Option<String>, String, OwnedSemaphorePermit)>,
-    ) {
+    async fn record(self, mut rx: mpsc::UnboundedReceiver<Finished>) {
         let q = &self.inner;
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut permits = Vec::with_capacity(RECORD_BATCH);
@@ -268,6 +266,89 @@ impl Queue {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {},
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+}
+
+/// Sends one delivery on a task of its own; its outcome goes to the recorder.
+fn spawn_send(
+    sender: &Arc<Sender>,
+    c: Claimed,
+    permit: OwnedSemaphorePermit,
+    tx: mpsc::UnboundedSender<Finished>,
+) {
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        let Decision {
+            disposition,
+            config_error,
+        } = sender.deliver(&c).await;
+        let Claimed {
+            id,
+            claims,
+            subscription_id,
+            app_id,
+            ..
+        } = c;
+        let _ = tx.send((
+            Recorded {
+                id,
+                claims,
+                subscription_id,
+                disposition,
+            },
+            config_error,
+            app_id,
+            permit,
+        ));
+    });
+}
+
+/// The queue as the store sees it. Weak, so a store outliving its queue (a
+/// stopped test instance) does not keep it alive.
+struct QueueIntake {
+    queue: Weak<Inner>,
+}
+
+impl Intake for QueueIntake {
+    fn reserve(&self, wanted: usize) -> Reservation {
+        let now = now_millis();
+        let mut r = Reservation {
+            permits: Vec::new(),
+            now,
+            lease_until: now,
+        };
+        let Some(q) = self.queue.upgrade() else {
+            return r;
+        };
+        if q.stopping.load(Ordering::Acquire) {
+            return r;
+        }
+        r.lease_until = now + q.lease.as_millis() as i64;
+        while r.permits.len() < wanted {
+            match q.permits.clone().try_acquire_owned() {
+                Ok(p) => r.permits.push(p),
+                Err(_) => break,
+            }
+        }
+        r
+    }
+
+    fn start(&self, claimed: Claimed, permit: OwnedSemaphorePermit) {
+        let Some(q) = self.queue.upgrade() else {
+            return;
+        };
+        // Stopped meanwhile: the delivery's lease runs out and it is
+        // claimed again, as for any send cut short by a shutdown.
+        let tx = q.finished.read().expect("intake lock").clone();
+        if let Some(tx) = tx {
+            spawn_send(&q.sender, claimed, permit, tx);
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(q) = self.queue.upgrade() {
+            q.wake.notify_one();
         }
     }
 }

@@ -170,6 +170,26 @@ pub enum Accepted {
     },
 }
 
+/// A local queue that deliveries can be handed to as they are stored, so
+/// they start without a claim of their own. On SQLite, where one process owns
+/// the database, a send to a user is then stored already leased and goes
+/// straight to a sender: no second transaction between the 202 and the push.
+pub trait Intake: Send + Sync {
+    /// Free room for at most `wanted` deliveries, held until used or dropped.
+    fn reserve(&self, wanted: usize) -> Reservation;
+    /// Sends a delivery that the store leased for this queue.
+    fn start(&self, claimed: Claimed, permit: tokio::sync::OwnedSemaphorePermit);
+    /// Work was stored that nobody started: claim it.
+    fn wake(&self);
+}
+
+/// Room reserved in a local queue, and the lease its deliveries get.
+pub struct Reservation {
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    pub now: Millis,
+    pub lease_until: Millis,
+}
+
 /// One delivery handed to a worker, with everything needed to send it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -348,6 +368,23 @@ impl Store {
         match self {
             Store::Sqlite(_) => "sqlite",
             Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Hands new deliveries to `intake` as they are stored, where the backend
+    /// can (SQLite; PostgreSQL instances share their queue through claims).
+    pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
+        if let Store::Sqlite(s) = self {
+            s.attach_intake(intake);
+        }
+    }
+
+    /// Whether storing work wakes the queue by itself (see [`Intake::wake`]),
+    /// so the API need not.
+    pub fn wakes_queue(&self) -> bool {
+        match self {
+            Store::Sqlite(s) => s.wakes_queue(),
+            Store::Postgres(_) => false,
         }
     }
 

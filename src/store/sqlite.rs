@@ -11,9 +11,16 @@
 //! commit with `NORMAL`: losing the last of them in a power cut only means a
 //! delivery is sent again, which at-least-once delivery allows, and it keeps
 //! an fsync out of the path between a 202 and the push.
+//!
+//! Sends to users go to the local queue as they are stored: one process owns
+//! the database, so the accept transaction can lease the new deliveries to
+//! this process's queue itself (within its free senders and the app's
+//! `max_concurrency`) and hand them over after the commit, instead of waking
+//! the dispatcher to claim them in a transaction of its own.
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -33,6 +40,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Notifications to accept, committed together by [`accept_loop`].
     accept: tokio::sync::mpsc::Sender<AcceptJob>,
+    /// The local queue, once it runs: sends to users are handed to it as
+    /// they are stored (see [`accept_to_users`]).
+    intake: Arc<OnceLock<Arc<dyn Intake>>>,
 }
 
 /// One send request waiting for its notification to be stored.
@@ -47,6 +57,20 @@ struct AcceptJob {
 const ACCEPT_BATCH: usize = 256;
 
 const QUEUED: &str = "('pending', 'in_flight')";
+
+/// What a claim returns per delivery, by position (see [`claimed_row`]): the
+/// row and its subscription's target, read by the claiming statement itself
+/// so a claim is one statement per app and not a second query over the ids.
+macro_rules! claim_returning {
+    () => {
+        " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
+        without_topic, expires_at, created_at,
+        (SELECT endpoint FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT p256dh FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT auth FROM subscriptions s WHERE s.id = deliveries.subscription_id),
+        (SELECT content_encoding FROM subscriptions s WHERE s.id = deliveries.subscription_id)"
+    };
+}
 
 impl SqliteStore {
     pub async fn connect(url: &str, max_connections: u32, busy_timeout_ms: u64) -> Result<Self> {
@@ -77,12 +101,22 @@ impl SqliteStore {
             .connect_with(options.read_only(true).pragma("cache_size", "-2000"))
             .await?;
         let (accept, jobs) = tokio::sync::mpsc::channel(4 * ACCEPT_BATCH);
-        tokio::spawn(accept_loop(writer.clone(), jobs));
+        let intake: Arc<OnceLock<Arc<dyn Intake>>> = Arc::new(OnceLock::new());
+        tokio::spawn(accept_loop(writer.clone(), jobs, intake.clone()));
         Ok(SqliteStore {
             writer,
             reader,
             accept,
+            intake,
         })
+    }
+
+    pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
+        let _ = self.intake.set(intake);
+    }
+
+    pub fn wakes_queue(&self) -> bool {
+        self.intake.get().is_some()
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -440,7 +474,11 @@ impl SqliteStore {
 /// runs again in a transaction of its own, so one failing insert answers its
 /// own caller with the error and the others are stored. (Per-job savepoints
 /// would give the same answers at three more statements per notification.)
-async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<AcceptJob>) {
+async fn accept_loop(
+    writer: SqlitePool,
+    mut jobs: tokio::sync::mpsc::Receiver<AcceptJob>,
+    intake: Arc<OnceLock<Arc<dyn Intake>>>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < ACCEPT_BATCH {
@@ -449,23 +487,57 @@ async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<A
                 Err(_) => break,
             }
         }
-        match accept_batch(&writer, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
+        let intake = intake.get().map(|i| &**i);
+        let mut stored = match accept_batch(&writer, &batch, intake).await {
+            Ok(stored) => stored,
             Err(e) if batch.len() == 1 => {
                 let _ = batch.remove(0).reply.send(Err(e));
+                continue;
             }
             Err(_) => {
                 for job in batch {
-                    let result = accept_batch(&writer, std::slice::from_ref(&job))
-                        .await
-                        .map(|mut r| r.remove(0));
-                    let _ = job.reply.send(result);
+                    match accept_batch(&writer, std::slice::from_ref(&job), intake).await {
+                        Ok(mut one) => {
+                            let _ = job.reply.send(Ok(one.results.remove(0)));
+                            one.start(intake);
+                        }
+                        Err(e) => {
+                            let _ = job.reply.send(Err(e));
+                        }
+                    }
                 }
+                continue;
             }
+        };
+        for (job, result) in batch.into_iter().zip(stored.results.drain(..)) {
+            let _ = job.reply.send(Ok(result));
+        }
+        stored.start(intake);
+    }
+}
+
+/// What one accept transaction stored, once it has committed.
+#[derive(Default)]
+struct Stored {
+    results: Vec<Accepted>,
+    /// Deliveries stored already leased to the local queue, with the room
+    /// reserved for them.
+    started: Vec<Claimed>,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Deliveries stored for the dispatcher to claim.
+    waiting: u64,
+}
+
+impl Stored {
+    /// Hands the leased deliveries to the queue and wakes it for the rest.
+    /// Room reserved but not used is given back as the permits drop.
+    fn start(self, intake: Option<&dyn Intake>) {
+        let Some(intake) = intake else { return };
+        for (claimed, permit) in self.started.into_iter().zip(self.permits) {
+            intake.start(claimed, permit);
+        }
+        if self.waiting > 0 {
+            intake.wake();
         }
     }
 }
@@ -473,7 +545,8 @@ async fn accept_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<A
 fn accept_batch<'a>(
     writer: &'a SqlitePool,
     batch: &'a [AcceptJob],
-) -> futures::future::BoxFuture<'a, Result<Vec<Accepted>>> {
+    intake: Option<&'a dyn Intake>,
+) -> futures::future::BoxFuture<'a, Result<Stored>> {
     Box::pin(async move {
         let mut tx = writer.begin().await?;
         // Sends to one user without an idempotency key, the common case, are
@@ -486,21 +559,27 @@ fn accept_batch<'a>(
             _ => None,
         };
         let together: Vec<_> = batch.iter().filter_map(to_user).collect();
-        let fanned_out = accept_to_users(&mut tx, &together).await?;
-        let mut results = Vec::with_capacity(batch.len());
+        let mut stored = Stored::default();
+        let fanned_out = accept_to_users(&mut tx, &together, intake, &mut stored).await?;
         for job in batch {
             let n = &job.notification;
-            results.push(if to_user(job).is_some() {
+            let result = if to_user(job).is_some() {
                 Accepted::Created {
                     id: n.id.clone(),
                     deliveries: fanned_out.get(n.id.as_str()).copied().unwrap_or(0),
                 }
             } else {
-                accept_one(&mut tx, n, job.idempotency_key.as_deref(), job.window_ms).await?
-            });
+                let result =
+                    accept_one(&mut tx, n, job.idempotency_key.as_deref(), job.window_ms).await?;
+                if let Accepted::Created { deliveries, .. } = &result {
+                    stored.waiting += deliveries;
+                }
+                result
+            };
+            stored.results.push(result);
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(stored)
     })
 }
 
@@ -522,9 +601,19 @@ const ACCEPT_CHUNK: usize = 256;
 
 /// Stores notifications that each go to one user, with their fan-out, in
 /// two statements per chunk; answers how many deliveries each one got.
+///
+/// With a local queue that has room, and the app too (a third statement
+/// reads the app's room), the deliveries are stored already leased to the
+/// queue, exactly as a claim would lease them, and collected in
+/// `stored.started`, to be sent once the transaction commits. The claim they
+/// skip would cost a transaction of its own and a read of every notification
+/// again; a crash before they are sent leaves leases that run out and are
+/// claimed again, as for any claimed delivery.
 async fn accept_to_users<'a>(
     tx: &mut sqlx::SqliteConnection,
     sends: &[(&'a NewNotification, &'a str)],
+    intake: Option<&dyn Intake>,
+    stored: &mut Stored,
 ) -> Result<HashMap<&'a str, u64>> {
     let mut deliveries: HashMap<&str, u64> = HashMap::new();
     for chunk in sends.chunks(ACCEPT_CHUNK) {
@@ -533,11 +622,38 @@ async fn accept_to_users<'a>(
             .execute(&mut *tx)
             .await?;
 
-        // The same rows as `push_fan_out` writes for `Recipients::User`.
+        let reserved = match intake {
+            Some(intake) => reserve_for(tx, intake, chunk).await?,
+            None => None,
+        };
+        let (lease, take) = match &reserved {
+            Some((r, _)) => (r.lease_until, r.permits.len() as i64),
+            None => (0, 0),
+        };
+        let now = reserved.as_ref().map_or(0, |(r, _)| r.now);
+
+        // The same rows as `push_fan_out` writes for `Recipients::User`; the
+        // first `take` of them leased as a claim leases them.
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
-             SELECT v.column1, s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, v.column2, v.column3, v.column2 FROM (",
+            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at, status, lease_until, claims, sent_at)
+             SELECT nid, app_id, sid, user_id, host, vendor, at, expires, at,
+                 CASE WHEN n <= ",
         );
+        q.push_bind(take)
+            .push(" THEN 'in_flight' ELSE 'pending' END, CASE WHEN n <= ")
+            .push_bind(take)
+            .push(" THEN ")
+            .push_bind(lease)
+            .push(" END, n <= ")
+            .push_bind(take)
+            .push(", CASE WHEN n <= ")
+            .push_bind(take)
+            .push(" THEN ")
+            .push_bind(now)
+            .push(
+                " END FROM (SELECT v.column1 AS nid, s.app_id, s.id AS sid, s.user_id, s.endpoint_host AS host, s.vendor,
+                     v.column2 AS at, v.column3 AS expires, row_number() OVER () AS n FROM (",
+            );
         q.push_values(chunk, |mut row, (n, user)| {
             row.push_bind(&n.id)
                 .push_bind(n.created_at)
@@ -545,20 +661,103 @@ async fn accept_to_users<'a>(
                 .push_bind(&n.app_id)
                 .push_bind(*user);
         });
-        q.push(
-            ") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5
-             RETURNING notification_id",
-        );
-        let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        q.push(") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5)");
+        q.push(claim_returning!());
+        q.push(", status = 'in_flight'");
+        let rows = q.build().fetch_all(&mut *tx).await?;
+
         deliveries.extend(chunk.iter().map(|(n, _)| (n.id.as_str(), 0)));
-        for id in ids {
-            if let Some(count) = deliveries.get_mut(id.as_str()) {
-                *count += 1;
+        let by_id: HashMap<&str, &NewNotification> = match reserved {
+            Some(_) => chunk.iter().map(|(n, _)| (n.id.as_str(), *n)).collect(),
+            None => HashMap::new(),
+        };
+        let mut notices: HashMap<&str, Arc<Notice>> = HashMap::new();
+        for r in &rows {
+            let notification_id: &str = r.get(4);
+            let Some((key, count)) = deliveries.get_key_value(notification_id) else {
+                continue;
+            };
+            let key: &'a str = key;
+            *deliveries.get_mut(key).expect("present") = count + 1;
+            if !r.get::<bool, _>(14) {
+                stored.waiting += 1;
+                continue;
             }
+            let (_, app) = reserved
+                .as_ref()
+                .expect("leased rows only with room reserved");
+            let notice = notices.entry(key).or_insert_with(|| {
+                let n = by_id[key];
+                Arc::new(Notice {
+                    payload: n.payload.clone(),
+                    ttl_secs: i64::from(n.ttl_secs),
+                    urgency: n.urgency.clone(),
+                    topic_key: n.topic_key.clone(),
+                    vapid_generation: app.vapid_generation,
+                    contact: app.contact.clone(),
+                })
+            });
+            stored
+                .started
+                .push(claimed_row(r, key.to_string(), notice.clone()));
+        }
+        if let Some((r, _)) = reserved {
+            // Room for more than were leased goes back when the permits drop.
+            let used = rows.iter().filter(|r| r.get::<bool, _>(14)).count();
+            let mut permits = r.permits;
+            permits.truncate(used);
+            stored.permits.extend(permits);
         }
     }
     Ok(deliveries)
 }
+
+/// What a hand-over needs to know about the app.
+#[derive(FromRow)]
+struct AppRoom {
+    room: i64,
+    vapid_generation: i64,
+    contact: String,
+}
+
+/// Reserves room in the local queue for a chunk of sends, within the app's
+/// `max_concurrency` counted as a claim counts it. `None` when the chunk spans
+/// several apps (their rooms would need a statement each) or nothing fits.
+async fn reserve_for(
+    tx: &mut sqlx::SqliteConnection,
+    intake: &dyn Intake,
+    chunk: &[(&NewNotification, &str)],
+) -> Result<Option<(Reservation, AppRoom)>> {
+    let app_id = &chunk[0].0.app_id;
+    if chunk.iter().any(|(n, _)| &n.app_id != app_id) {
+        return Ok(None);
+    }
+    let now = crate::domain::now_millis();
+    let app: Option<AppRoom> = sqlx::query_as(
+        "SELECT a.max_concurrency - (SELECT count(*) FROM deliveries d
+             WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ?1) AS room,
+             a.vapid_generation, a.contact
+         FROM apps a WHERE a.id = ?2",
+    )
+    .bind(now)
+    .bind(app_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(app) = app else { return Ok(None) };
+    // A user has a few devices; what does not fit waits for a claim.
+    let wanted = app.room.min(HANDOVER_PER_SEND * chunk.len() as i64);
+    if wanted <= 0 {
+        return Ok(None);
+    }
+    let reservation = intake.reserve(wanted as usize);
+    if reservation.permits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((reservation, app)))
+}
+
+/// Room reserved per send to a user, for the devices it may have.
+const HANDOVER_PER_SEND: i64 = 4;
 
 fn accept_one<'a>(
     tx: &'a mut sqlx::SqliteConnection,
@@ -620,20 +819,6 @@ async fn restore_synced(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
     {
         conn.close_on_drop();
     }
-}
-
-/// What a claim returns per delivery, by position (see [`claimed_row`]): the
-/// row and its subscription's target, read by the claiming statement itself
-/// so a claim is one statement per app and not a second query over the ids.
-macro_rules! claim_returning {
-    () => {
-        " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
-        without_topic, expires_at, created_at,
-        (SELECT endpoint FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT p256dh FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT auth FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT content_encoding FROM subscriptions s WHERE s.id = deliveries.subscription_id)"
-    };
 }
 
 const CLAIM_DUE: &str = concat!(
