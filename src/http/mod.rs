@@ -25,15 +25,16 @@ use crate::secrets::{AdminToken, MasterKey, UserTokens};
 use crate::store::Store;
 use crate::webpush::AllowedHosts;
 
-/// Everything a handler may need. Cheap to clone.
+/// Everything a handler may need. Cheap to clone: extractors clone it for
+/// every request, so whatever owns heap memory sits behind an `Arc`.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub queue: Queue,
     pub admin: Arc<AdminToken>,
     pub master: MasterKey,
-    pub user_tokens: UserTokens,
-    pub allowed_hosts: AllowedHosts,
+    pub user_tokens: Arc<UserTokens>,
+    pub allowed_hosts: Arc<AllowedHosts>,
     pub metrics: Arc<Metrics>,
     pub app_concurrency: u32,
     /// API key hash → app id. Keys never change and apps are never deleted,
