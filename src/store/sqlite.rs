@@ -61,6 +61,7 @@ const QUEUED: &str = "('pending', 'in_flight')";
 /// What a claim returns per delivery, by position (see [`claimed_row`]): the
 /// row and its subscription's target, read by the claiming statement itself
 /// so a claim is one statement per app and not a second query over the ids.
+/// The insert that leases sends to users as it stores them returns the same.
 macro_rules! claim_returning {
     () => {
         " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
@@ -672,6 +673,7 @@ async fn accept_to_users<'a>(
             None => HashMap::new(),
         };
         let mut notices: HashMap<&str, Arc<Notice>> = HashMap::new();
+        let started_before = stored.started.len();
         for r in &rows {
             let notification_id: &str = r.get(4);
             let Some((key, count)) = deliveries.get_key_value(notification_id) else {
@@ -703,9 +705,8 @@ async fn accept_to_users<'a>(
         }
         if let Some((r, _)) = reserved {
             // Room for more than were leased goes back when the permits drop.
-            let used = rows.iter().filter(|r| r.get::<bool, _>(14)).count();
             let mut permits = r.permits;
-            permits.truncate(used);
+            permits.truncate(stored.started.len() - started_before);
             stored.permits.extend(permits);
         }
     }
