@@ -499,8 +499,9 @@ async fn accept_loop(
                 for job in batch {
                     match accept_batch(&writer, std::slice::from_ref(&job), intake).await {
                         Ok(mut one) => {
-                            let _ = job.reply.send(Ok(one.results.remove(0)));
+                            let result = one.results.remove(0);
                             one.start(intake);
+                            let _ = job.reply.send(Ok(result));
                         }
                         Err(e) => {
                             let _ = job.reply.send(Err(e));
@@ -510,10 +511,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        for (job, result) in batch.into_iter().zip(stored.results.drain(..)) {
+        // The leased deliveries are handed over before the answers go out,
+        // so a caller holding its 202 knows its pushes are already on their
+        // way, never waiting behind the next batch.
+        let results = std::mem::take(&mut stored.results);
+        stored.start(intake);
+        for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(Ok(result));
         }
-        stored.start(intake);
     }
 }
 
