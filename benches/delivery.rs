@@ -1995,11 +1995,10 @@ fn report(
         ));
     }
 
-    let pg_summary;
-    match pg {
+    let pg_summary: String = match pg {
         Err(why) => {
             t.section(&format!("Herald on PostgreSQL: {why}"));
-            pg_summary = "PostgreSQL not measured".into();
+            "PostgreSQL not measured".into()
         }
         Ok(by_count) => {
             t.section(&format!(
@@ -2080,16 +2079,16 @@ fn report(
                     Some(Target::AtLeast(1.0)),
                 );
             }
-            pg_summary = format!(
+            format!(
                 "PostgreSQL broadcast deliveries/s by instances {}",
                 rates
                     .iter()
                     .map(|(k, (b, _))| format!("{k}: {}", b.map(fmt_num).unwrap_or("–".into())))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )
         }
-    }
+    };
 
     println!();
     t.print();
