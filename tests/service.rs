@@ -905,3 +905,40 @@ async fn a_user_with_more_devices_than_free_senders_gets_every_device() {
         assert_eq!(payload_of(&got[0])["title"], "all five");
     }
 }
+
+#[tokio::test]
+async fn an_app_at_its_max_concurrency_sends_the_next_push_as_soon_as_one_finishes() {
+    let (emu, app, acme) = setup().await;
+    app.patch_app(&acme, json!({"max_concurrency": 1})).await;
+    let answer = Duration::from_millis(600);
+    for vendor in [
+        EmuVendor::Fcm,
+        EmuVendor::Mozilla,
+        EmuVendor::Apple,
+        EmuVendor::Wns,
+    ] {
+        let (sub, _) = subscribed(&app, &acme, &emu, vendor, "bo").await;
+        emu.script(&sub, vec![Scripted::ok().delay(answer)]);
+    }
+    let id = app
+        .send_ok(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "one at a time", "body": "b"}),
+        )
+        .await;
+    let got = emu.wait_for(4, WAIT).await;
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 4);
+    // One in flight at a time, and the next starts once the last answer is
+    // recorded: not on a later timer tick.
+    let mut at: Vec<Instant> = got.iter().map(|r| r.at).collect();
+    at.sort();
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(gap >= answer, "two in flight at once: {gap:?} apart");
+        assert!(
+            gap < answer + Duration::from_millis(100),
+            "the next push waited {:?} after an answer",
+            gap - answer
+        );
+    }
+}

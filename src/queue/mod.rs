@@ -20,12 +20,15 @@
 //!   flight; per-app `max_concurrency` is enforced by the claim itself (and by
 //!   the store when it leases deliveries as it stores them).
 //! - Outcomes are written in batches by one recorder, so a busy queue costs a
-//!   transaction per batch, not per delivery.
+//!   transaction per batch, not per delivery. A written batch wakes the
+//!   dispatcher only when that can find work: a retry was scheduled, or the
+//!   dispatcher is waiting for apps at their `max_concurrency` to get room.
+//!   Otherwise every batch would cost a claim that finds nothing.
 
 pub mod retry;
 pub mod sender;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -33,7 +36,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::now_millis;
-use crate::store::{Claimed, Intake, Recorded, Reservation, Store};
+use crate::store::{Claimed, Disposition, Intake, Recorded, Reservation, Store};
 use sender::{Decision, Sender};
 
 /// A finished send on its way to the recorder, with the permit it held.
@@ -60,6 +63,12 @@ struct Inner {
     /// hands over ([`Intake`]); `None` before and after.
     finished: RwLock<Option<mpsc::UnboundedSender<Finished>>>,
     stopping: AtomicBool,
+    /// Counts the recorder's written batches: each may have freed room in an
+    /// app at its `max_concurrency`.
+    batches_recorded: AtomicU64,
+    /// The dispatcher found due work it could not claim for want of app
+    /// room, and waits for a recorded batch to free some.
+    waiting_for_room: AtomicBool,
 }
 
 impl Queue {
@@ -83,6 +92,8 @@ impl Queue {
                 retention,
                 finished: RwLock::new(None),
                 stopping: AtomicBool::new(false),
+                batches_recorded: AtomicU64::new(0),
+                waiting_for_room: AtomicBool::new(false),
             }),
         }
     }
@@ -150,6 +161,7 @@ impl Queue {
                 }
                 continue;
             }
+            let recorded_before = q.batches_recorded.load(Ordering::SeqCst);
             let now = now_millis();
             let claimed = match q
                 .store
@@ -169,7 +181,7 @@ impl Queue {
             };
             if claimed.is_empty() {
                 drop(permits);
-                self.sleep_until_due(&stop).await;
+                self.sleep_until_due(&stop, recorded_before).await;
                 continue;
             }
             for c in claimed {
@@ -181,7 +193,9 @@ impl Queue {
         }
     }
 
-    async fn sleep_until_due(&self, stop: &CancellationToken) {
+    /// `recorded_before` is the recorder's batch count read before the claim
+    /// that found nothing.
+    async fn sleep_until_due(&self, stop: &CancellationToken, recorded_before: u64) {
         let q = &self.inner;
         let next = match q.store.queue_next_due().await {
             Ok(n) => n,
@@ -196,12 +210,20 @@ impl Queue {
         };
         if sleep.is_zero() {
             // Due work exists but could not be claimed (apps at their limit):
-            // a finishing send or a wake will free room.
-            tokio::select! {
-                _ = q.wake.notified() => {},
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {},
-                _ = stop.cancelled() => {},
+            // a recorded batch or a wake will free room. The flag is raised
+            // before the count is read again, and the recorder counts before
+            // it reads the flag, so a batch written since the claim either
+            // shows in the count or sees the flag and wakes us. The timeout
+            // covers room freed by another instance sharing the database.
+            q.waiting_for_room.store(true, Ordering::SeqCst);
+            if q.batches_recorded.load(Ordering::SeqCst) == recorded_before {
+                tokio::select! {
+                    _ = q.wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+                    _ = stop.cancelled() => {},
+                }
             }
+            q.waiting_for_room.store(false, Ordering::SeqCst);
             return;
         }
         tokio::select! {
@@ -245,9 +267,16 @@ impl Queue {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
+            let retried = batch
+                .iter()
+                .any(|r| matches!(r.disposition, Disposition::Retry { .. }));
             batch.clear();
             permits.clear();
-            q.wake.notify_one();
+            q.batches_recorded.fetch_add(1, Ordering::SeqCst);
+            // A retry may be due before the time the dispatcher sleeps until.
+            if retried || q.waiting_for_room.load(Ordering::SeqCst) {
+                q.wake.notify_one();
+            }
         }
     }
 
