@@ -56,6 +56,34 @@ struct AcceptJob {
 /// Most notifications committed by one synced transaction.
 const ACCEPT_BATCH: usize = 256;
 
+/// A batch padded to the next power of two with `None`, for a statement
+/// that binds one `VALUES` row per item. Each length of such a statement is
+/// a statement of its own to prepare, and batch lengths vary all the time:
+/// unpadded, they outnumber sqlx's statement cache and are prepared again
+/// and again. Padded, each batched statement has at most ten shapes. The
+/// padding rows are all NULL, and every batched statement skips them.
+fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
+    let len = match items.len() {
+        0 => 0,
+        n => n.next_power_of_two(),
+    };
+    items
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat(None))
+        .take(len)
+}
+
+/// Binds a padding row of `columns` NULLs (see [`padded`]).
+fn push_nulls(
+    row: &mut sqlx::query_builder::Separated<'_, '_, Sqlite, &'static str>,
+    columns: usize,
+) {
+    for _ in 0..columns {
+        row.push_bind(None::<i64>);
+    }
+}
+
 const QUEUED: &str = "('pending', 'in_flight')";
 
 /// What a claim returns per delivery, by position (see [`claimed_row`]): the
@@ -589,17 +617,21 @@ fn accept_batch<'a>(
     })
 }
 
-/// One statement storing the notification rows of `notifications`.
-fn insert_notifications<'a>(
-    notifications: impl IntoIterator<Item = &'a NewNotification>,
-) -> QueryBuilder<'a, Sqlite> {
+/// One statement storing the notification rows of `notifications`, padded
+/// (see [`padded`]).
+fn insert_notifications<'a>(notifications: &[&'a NewNotification]) -> QueryBuilder<'a, Sqlite> {
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO ");
-    q.push(NOTIFICATION_COLUMNS).push(" ");
-    q.push_values(notifications, |mut row, n| {
-        push_notification_row(&mut row, n)
+    q.push(NOTIFICATION_COLUMNS).push(" SELECT * FROM (");
+    q.push_values(padded(notifications), |mut row, n| match n {
+        Some(n) => push_notification_row(&mut row, n),
+        None => push_nulls(&mut row, NOTIFICATION_COLUMN_COUNT),
     });
+    q.push(") WHERE column1 IS NOT NULL");
     q
 }
+
+/// The columns [`NOTIFICATION_COLUMNS`] names.
+const NOTIFICATION_COLUMN_COUNT: usize = 9;
 
 /// Notifications per multi-row statement: 9 parameters each, well below
 /// SQLite's limit of 32 766.
@@ -623,7 +655,8 @@ async fn accept_to_users<'a>(
 ) -> Result<HashMap<&'a str, u64>> {
     let mut deliveries: HashMap<&str, u64> = HashMap::new();
     for chunk in sends.chunks(ACCEPT_CHUNK) {
-        insert_notifications(chunk.iter().map(|(n, _)| *n))
+        let notifications: Vec<&NewNotification> = chunk.iter().map(|(n, _)| *n).collect();
+        insert_notifications(&notifications)
             .build()
             .execute(&mut *tx)
             .await?;
@@ -660,12 +693,16 @@ async fn accept_to_users<'a>(
                 " END FROM (SELECT v.column1 AS nid, s.app_id, s.id AS sid, s.user_id, s.endpoint_host AS host, s.vendor,
                      v.column2 AS at, v.column3 AS expires, row_number() OVER () AS n FROM (",
             );
-        q.push_values(chunk, |mut row, (n, user)| {
-            row.push_bind(&n.id)
-                .push_bind(n.created_at)
-                .push_bind(n.expires_at())
-                .push_bind(&n.app_id)
-                .push_bind(*user);
+        // Padding rows join no subscription.
+        q.push_values(padded(chunk), |mut row, send| match send {
+            Some((n, user)) => {
+                row.push_bind(&n.id)
+                    .push_bind(n.created_at)
+                    .push_bind(n.expires_at())
+                    .push_bind(&n.app_id)
+                    .push_bind(*user);
+            }
+            None => push_nulls(&mut row, 5),
         });
         q.push(") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5)");
         q.push(claim_returning!());
@@ -792,7 +829,7 @@ fn accept_one<'a>(
                     .await?;
             }
         }
-        insert_notifications([n]).build().execute(&mut *tx).await?;
+        insert_notifications(&[n]).build().execute(&mut *tx).await?;
 
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_fan_out(&mut q, n);
@@ -1021,12 +1058,16 @@ async fn record(
             "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL,
                  finished_at = v.column3, lease_until = NULL FROM (",
         );
-        q.push_values(chunk, |mut row, o| {
-            let at = match o.disposition {
-                Disposition::Delivered { at } => at,
-                _ => now,
-            };
-            row.push_bind(o.id).push_bind(o.claims).push_bind(at);
+        // Padding rows match no delivery.
+        q.push_values(padded(chunk), |mut row, o| match o {
+            Some(o) => {
+                let at = match o.disposition {
+                    Disposition::Delivered { at } => at,
+                    _ => now,
+                };
+                row.push_bind(o.id).push_bind(o.claims).push_bind(at);
+            }
+            None => push_nulls(&mut row, 3),
         });
         q.push(
             ") AS v WHERE deliveries.id = v.column1 AND deliveries.claims = v.column2
@@ -1263,5 +1304,135 @@ fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> C
         without_topic: r.get::<i64, _>(7) != 0,
         expires_at: r.get(8),
         created_at: r.get(9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::now_millis;
+
+    #[test]
+    fn batches_are_padded_to_a_power_of_two() {
+        let lengths: Vec<(usize, usize, usize)> = [0, 1, 2, 3, 5, 8, 9, 300]
+            .into_iter()
+            .map(|n| {
+                let items: Vec<usize> = (0..n).collect();
+                let rows: Vec<Option<&usize>> = padded(&items).collect();
+                let real = rows.iter().flatten().count();
+                (n, rows.len(), real)
+            })
+            .collect();
+        assert_eq!(
+            lengths,
+            [
+                (0, 0, 0),
+                (1, 1, 1),
+                (2, 2, 2),
+                (3, 4, 3),
+                (5, 8, 5),
+                (8, 8, 8),
+                (9, 16, 9),
+                (300, 512, 300)
+            ]
+        );
+    }
+
+    fn notification(app_id: &str) -> NewNotification {
+        NewNotification {
+            id: new_id(),
+            app_id: app_id.into(),
+            recipients: Recipients::User(String::new()),
+            title: "t".into(),
+            payload: b"{}".to_vec(),
+            ttl_secs: 60,
+            urgency: "normal".into(),
+            topic_key: None,
+            created_at: now_millis(),
+        }
+    }
+
+    /// The batched statements themselves, without the per-send fallback an
+    /// accept batch takes when its statements fail: padding rows must store
+    /// nothing and match nothing.
+    #[tokio::test]
+    async fn padded_batches_store_and_record_only_their_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = SqliteStore::connect(&url, 1, 5_000).await.unwrap();
+        let now = now_millis();
+        let app = AppRow {
+            id: new_id(),
+            name: "a".into(),
+            contact: "mailto:ops@example.com".into(),
+            api_key_hash: vec![1],
+            vapid_public_key: "pub".into(),
+            vapid_private_sealed: vec![1],
+            vapid_generation: 1,
+            max_concurrency: 100,
+            last_config_error: None,
+            last_config_error_at: None,
+            created_at: now,
+        };
+        store.app_insert(&app).await.unwrap();
+        for (user, devices) in [("ann", 1), ("bob", 2), ("cy", 0)] {
+            for _ in 0..devices {
+                let s = NewSubscription {
+                    app_id: app.id.clone(),
+                    user_id: user.into(),
+                    endpoint: format!("https://push.example.com/{}", new_id()),
+                    endpoint_host: "push.example.com".into(),
+                    vendor: "fcm".into(),
+                    p256dh: vec![4; 65],
+                    auth: vec![7; 16],
+                    content_encoding: "aes128gcm".into(),
+                    topics: vec![],
+                };
+                store.subscription_upsert(&s, now).await.unwrap();
+            }
+        }
+        // Three sends: padded to four rows in each statement.
+        let sends: Vec<NewNotification> = (0..3).map(|_| notification(&app.id)).collect();
+        let batch: Vec<(&NewNotification, &str)> = sends.iter().zip(["ann", "bob", "cy"]).collect();
+        let mut conn = store.writer.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let mut stored = Stored::default();
+        let counts = accept_to_users(&mut tx, &batch, None, &mut stored)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let by_user: Vec<u64> = sends.iter().map(|n| counts[n.id.as_str()]).collect();
+        assert_eq!(by_user, [1, 2, 0]);
+        assert_eq!(stored.waiting, 3);
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+        assert_eq!(
+            count("SELECT count(*) FROM notifications")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+            3
+        );
+
+        let claimed = claim(&mut conn, now_millis(), now_millis() + 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        let outcomes: Vec<Recorded> = claimed
+            .iter()
+            .map(|c| Recorded {
+                id: c.id,
+                claims: c.claims,
+                subscription_id: c.subscription_id.clone(),
+                disposition: Disposition::Delivered { at: now_millis() },
+            })
+            .collect();
+        record(&mut conn, &outcomes, now_millis()).await.unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+            3
+        );
     }
 }
