@@ -465,23 +465,14 @@ impl SqliteStore {
 
     // ---- the delivery queue -------------------------------------------
 
-    /// The writer, switched to `synchronous = NORMAL` for a claim or an
-    /// outcome write. Hand it back with [`restore_synced`].
-    async fn relaxed_writer(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        Ok(conn)
-    }
-
     pub async fn deliveries_claim(
         &self,
         now: Millis,
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let mut conn = self.relaxed_writer().await?;
+        // Claims and outcome writes begin with [`RELAXED_BEGIN`].
+        let mut conn = self.writer.acquire().await?;
         let out = claim(&mut conn, now, lease_until, limit).await;
         restore_synced(conn).await;
         out
@@ -491,7 +482,7 @@ impl SqliteStore {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut conn = self.relaxed_writer().await?;
+        let mut conn = self.writer.acquire().await?;
         let out = record(&mut conn, outcomes, now).await;
         restore_synced(conn).await;
         out
@@ -852,8 +843,13 @@ fn accept_one<'a>(
     })
 }
 
-/// Puts the writer back to FULL; if that fails the connection is closed
-/// rather than left to commit acknowledged work unsynced.
+/// How a claim or an outcome write begins: on the writer switched to
+/// `synchronous = NORMAL` in the same round trip to the connection thread.
+/// Hand the connection back with [`restore_synced`].
+const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN";
+
+/// Puts the writer back to `synchronous = FULL` after [`RELAXED_BEGIN`], or
+/// closes it if that fails, so nothing the API acknowledges commits relaxed.
 async fn restore_synced(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
     if sqlx::query("PRAGMA synchronous = FULL")
         .execute(&mut *conn)
@@ -884,7 +880,7 @@ async fn claim(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<Claimed>> {
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin_with(RELAXED_BEGIN).await?;
     // Room per app: max_concurrency minus its unexpired leases.
     let rooms: Vec<(String, i64)> = sqlx::query_as(
         "SELECT a.id, a.max_concurrency - (SELECT count(*) FROM deliveries d
@@ -1047,7 +1043,7 @@ async fn record(
     outcomes: &[Recorded],
     now: Millis,
 ) -> Result<()> {
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin_with(RELAXED_BEGIN).await?;
     // Successes, the common case, are one statement per chunk, fenced by the
     // same (id, claims) match as every other outcome.
     let (delivered, others): (Vec<&Recorded>, Vec<&Recorded>) = outcomes
@@ -1336,6 +1332,39 @@ mod tests {
                 (300, 512, 300)
             ]
         );
+    }
+
+    /// Claims and outcome writes commit relaxed; whatever the writer does
+    /// next, such as storing a subscription the API acknowledges, is synced.
+    #[tokio::test]
+    async fn the_writer_is_synced_again_after_a_claim_and_an_outcome_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = SqliteStore::connect(&url, 1, 5_000).await.unwrap();
+        let mode = || async {
+            sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                .fetch_one(&store.writer)
+                .await
+                .unwrap()
+        };
+        const FULL: i64 = 2;
+        assert_eq!(mode().await, FULL);
+        store
+            .deliveries_claim(now_millis(), now_millis() + 1000, 10)
+            .await
+            .unwrap();
+        assert_eq!(mode().await, FULL);
+        let stale = Recorded {
+            id: 1,
+            claims: 1,
+            subscription_id: "gone".into(),
+            disposition: Disposition::Delivered { at: now_millis() },
+        };
+        store
+            .deliveries_record(&[stale], now_millis())
+            .await
+            .unwrap();
+        assert_eq!(mode().await, FULL);
     }
 
     fn notification(app_id: &str) -> NewNotification {
