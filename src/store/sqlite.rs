@@ -508,7 +508,7 @@ async fn accept_loop(
             }
         }
         let intake = intake.get().map(|i| &**i);
-        let mut stored = match accept_batch(&writer, &batch, intake).await {
+        let stored = match accept_batch(&writer, &batch, intake).await {
             Ok(stored) => stored,
             Err(e) if batch.len() == 1 => {
                 let _ = batch.remove(0).reply.send(Err(e));
@@ -517,11 +517,7 @@ async fn accept_loop(
             Err(_) => {
                 for job in batch {
                     match accept_batch(&writer, std::slice::from_ref(&job), intake).await {
-                        Ok(mut one) => {
-                            let result = one.results.remove(0);
-                            one.start(intake);
-                            let _ = job.reply.send(Ok(result));
-                        }
+                        Ok(one) => one.answer(vec![job], intake),
                         Err(e) => {
                             let _ = job.reply.send(Err(e));
                         }
@@ -530,14 +526,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        // The leased deliveries are handed over before the answers go out,
-        // so a caller holding its 202 knows its pushes are already on their
-        // way, never waiting behind the next batch.
-        let results = std::mem::take(&mut stored.results);
-        stored.start(intake);
-        for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.reply.send(Ok(result));
-        }
+        stored.answer(batch, intake);
     }
 }
 
@@ -554,15 +543,21 @@ struct Stored {
 }
 
 impl Stored {
-    /// Hands the leased deliveries to the queue and wakes it for the rest.
+    /// Hands the leased deliveries to the queue, wakes it for the rest, then
+    /// answers `jobs` (the batch that was stored, in order). Handed over
+    /// first, so a caller holding its 202 knows its pushes have started.
     /// Room reserved but not used is given back as the permits drop.
-    fn start(self, intake: Option<&dyn Intake>) {
-        let Some(intake) = intake else { return };
-        for (claimed, permit) in self.started.into_iter().zip(self.permits) {
-            intake.start(claimed, permit);
+    fn answer(self, jobs: Vec<AcceptJob>, intake: Option<&dyn Intake>) {
+        if let Some(intake) = intake {
+            for (claimed, permit) in self.started.into_iter().zip(self.permits) {
+                intake.start(claimed, permit);
+            }
+            if self.waiting > 0 {
+                intake.wake();
+            }
         }
-        if self.waiting > 0 {
-            intake.wake();
+        for (job, result) in jobs.into_iter().zip(self.results) {
+            let _ = job.reply.send(Ok(result));
         }
     }
 }
