@@ -16,7 +16,7 @@ use harness::process::{insert_subscriptions, shared_env, HeraldProcess};
 use herald::secrets::MasterKey;
 use herald::store::Store;
 use serde_json::{json, Value};
-use support::emulator::{EmuVendor, Emulator};
+use support::emulator::{EmuVendor, Emulator, Scripted};
 
 const SUBSCRIPTIONS: usize = 2_000;
 const NOTIFICATIONS: usize = 10;
@@ -25,6 +25,8 @@ const TOTAL: usize = SUBSCRIPTIONS * NOTIFICATIONS;
 const CONCURRENCY: usize = 100;
 /// The app's limit, below the three instances' 300 together.
 const APP_LIMIT: i64 = 150;
+/// How long the push service takes over each answer.
+const ANSWER_DELAY: Duration = Duration::from_millis(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
@@ -55,6 +57,12 @@ async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
     let subscribers: Vec<_> = (0..SUBSCRIPTIONS)
         .map(|i| emu.subscriber(vendors[i % vendors.len()]))
         .collect();
+    // Each answer takes a moment, so a push seen in flight is still in
+    // flight (and its lease unrecorded) when the instance is killed just
+    // after: with instant answers it could be recorded in between.
+    for s in &subscribers {
+        emu.script(s, vec![Scripted::ok().delay(ANSWER_DELAY); NOTIFICATIONS]);
+    }
     let rows: Vec<_> = subscribers
         .iter()
         .enumerate()
