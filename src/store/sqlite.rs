@@ -12,6 +12,12 @@
 //! delivery is sent again, which at-least-once delivery allows, and it keeps
 //! an fsync out of the path between a 202 and the push.
 //!
+//! Sends and outcomes share one writer loop ([`write_loop`]): outcomes that
+//! wait while sends are stored go into the sends' transaction, so under load
+//! the writer takes one turn per batch instead of two. Each transaction is
+//! one or two round trips to the connection's thread, `BEGIN` and `COMMIT`
+//! included (see [`Frame`]).
+//!
 //! Sends to users go to the local queue as they are stored: one process owns
 //! the database, so the accept transaction can lease the new deliveries to
 //! this process's queue itself (within its free senders and the app's
@@ -38,8 +44,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Notifications to accept, committed together by [`accept_loop`].
-    accept: tokio::sync::mpsc::Sender<AcceptJob>,
+    /// Notifications to accept and outcomes to record, committed together
+    /// by [`write_loop`].
+    writes: tokio::sync::mpsc::Sender<WriteJob>,
     /// The local queue, once it runs: sends to users are handed to it as
     /// they are stored (see [`accept_to_users`]).
     intake: Arc<OnceLock<Arc<dyn Intake>>>,
@@ -51,6 +58,19 @@ struct AcceptJob {
     idempotency_key: Option<String>,
     window_ms: i64,
     reply: tokio::sync::oneshot::Sender<Result<Accepted>>,
+}
+
+/// Outcomes of deliveries waiting to be written.
+struct RecordJob {
+    outcomes: Vec<Recorded>,
+    now: Millis,
+    reply: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// What [`write_loop`] commits.
+enum WriteJob {
+    Accept(AcceptJob),
+    Record(RecordJob),
 }
 
 /// Most notifications committed by one synced transaction.
@@ -119,6 +139,10 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // sqlx pings a connection as it goes back to the pool anyway; a
+            // second ping on every acquire would add a round trip to each
+            // write for a file that cannot hang up.
+            .test_before_acquire(false)
             // The page cache is per connection: the writer, which touches the
             // hot end of the queue, gets 8 MiB; each reader 2 MiB, so idle
             // memory stays small however many readers there are.
@@ -129,13 +153,13 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options.read_only(true).pragma("cache_size", "-2000"))
             .await?;
-        let (accept, jobs) = tokio::sync::mpsc::channel(4 * ACCEPT_BATCH);
+        let (writes, jobs) = tokio::sync::mpsc::channel(4 * ACCEPT_BATCH);
         let intake: Arc<OnceLock<Arc<dyn Intake>>> = Arc::new(OnceLock::new());
-        tokio::spawn(accept_loop(writer.clone(), jobs, intake.clone()));
+        tokio::spawn(write_loop(writer.clone(), jobs, intake.clone()));
         Ok(SqliteStore {
             writer,
             reader,
-            accept,
+            writes,
             intake,
         })
     }
@@ -425,13 +449,17 @@ impl SqliteStore {
             window_ms,
             reply,
         };
-        self.accept
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Corrupt("the store is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Corrupt("the store is shutting down".into()))?
+        self.write(WriteJob::Accept(job), answer).await
+    }
+
+    async fn write<T>(
+        &self,
+        job: WriteJob,
+        answer: tokio::sync::oneshot::Receiver<Result<T>>,
+    ) -> Result<T> {
+        let closed = || StoreError::Corrupt("the store is shutting down".into());
+        self.writes.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     pub async fn notification_get(
@@ -478,14 +506,35 @@ impl SqliteStore {
         out
     }
 
+    /// Outcomes are written by [`write_loop`], in the transaction of the
+    /// sends waiting to be stored, if there are any.
     pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut conn = self.writer.acquire().await?;
-        let out = record(&mut conn, outcomes, now).await;
-        restore_synced(conn).await;
-        out
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = RecordJob {
+            outcomes: outcomes.to_vec(),
+            now,
+            reply,
+        };
+        self.write(WriteJob::Record(job), answer).await
+    }
+}
+
+/// Writes outcomes in a relaxed transaction of their own.
+async fn record_alone(writer: &SqlitePool, outcomes: &[&Recorded], now: Millis) -> Result<()> {
+    let mut conn = writer.acquire().await?;
+    match record(&mut conn, outcomes, now).await {
+        Ok(Synced::Again) => Ok(()),
+        Ok(Synced::Not) => {
+            restore_synced(conn).await;
+            Ok(())
+        }
+        Err(e) => {
+            restore_synced(conn).await;
+            Err(e)
+        }
     }
 }
 
@@ -494,39 +543,85 @@ impl SqliteStore {
 /// runs again in a transaction of its own, so one failing insert answers its
 /// own caller with the error and the others are stored. (Per-job savepoints
 /// would give the same answers at three more statements per notification.)
-async fn accept_loop(
+///
+/// Outcomes waiting to be written go into the same transaction, before the
+/// sends: under load, the writer then takes one turn per batch of sends
+/// instead of two, and the room the outcomes free is there for the sends
+/// to take. Outcomes alone commit relaxed (see the module comment); with
+/// sends, they are synced with them, which costs them nothing more.
+async fn write_loop(
     writer: SqlitePool,
-    mut jobs: tokio::sync::mpsc::Receiver<AcceptJob>,
+    mut jobs: tokio::sync::mpsc::Receiver<WriteJob>,
     intake: Arc<OnceLock<Arc<dyn Intake>>>,
 ) {
     while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ACCEPT_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut records = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                WriteJob::Accept(job) => batch.push(job),
+                WriteJob::Record(job) => records.push(job),
             }
+            next = match batch.len() < ACCEPT_BATCH {
+                true => jobs.try_recv().ok(),
+                false => None,
+            };
         }
         let intake = intake.get().map(|i| &**i);
-        let stored = match accept_batch(&writer, &batch, intake).await {
-            Ok(stored) => stored,
-            Err(e) if batch.len() == 1 => {
-                let _ = batch.remove(0).reply.send(Err(e));
+        let outcomes: Vec<&Recorded> = records.iter().flat_map(|r| &r.outcomes).collect();
+        let now = records.iter().map(|r| r.now).max().unwrap_or_default();
+        if !outcomes.is_empty() {
+            if !batch.is_empty() {
+                if let Ok(stored) = accept_batch(&writer, &batch, &outcomes, now, intake).await {
+                    for r in records {
+                        let _ = r.reply.send(Ok(()));
+                    }
+                    stored.answer(batch, intake);
+                    continue;
+                }
+                // Nothing of it was stored: the outcomes go on their own,
+                // and the sends as if they had come alone.
+            }
+            let mut recorded = Some(record_alone(&writer, &outcomes, now).await);
+            // The queue's recorder waits for each write, so there is one
+            // job here; others would get the error described.
+            let described = match &recorded {
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            for r in records {
+                let result = recorded.take().unwrap_or_else(|| match &described {
+                    Some(e) => Err(StoreError::Corrupt(format!("recording outcomes: {e}"))),
+                    None => Ok(()),
+                });
+                let _ = r.reply.send(result);
+            }
+            if batch.is_empty() {
                 continue;
             }
-            Err(_) => {
-                for job in batch {
-                    match accept_batch(&writer, std::slice::from_ref(&job), intake).await {
-                        Ok(one) => one.answer(vec![job], intake),
-                        Err(e) => {
-                            let _ = job.reply.send(Err(e));
-                        }
+        }
+        accept(&writer, batch, intake).await;
+    }
+}
+
+/// Stores a batch of sends, or each send on its own if the batch fails.
+async fn accept(writer: &SqlitePool, mut batch: Vec<AcceptJob>, intake: Option<&dyn Intake>) {
+    match accept_batch(writer, &batch, &[], 0, intake).await {
+        Ok(stored) => stored.answer(batch, intake),
+        Err(e) if batch.len() == 1 => {
+            let _ = batch.remove(0).reply.send(Err(e));
+        }
+        Err(_) => {
+            for job in batch {
+                match accept_batch(writer, std::slice::from_ref(&job), &[], 0, intake).await {
+                    Ok(one) => one.answer(vec![job], intake),
+                    Err(e) => {
+                        let _ = job.reply.send(Err(e));
                     }
                 }
-                continue;
             }
-        };
-        stored.answer(batch, intake);
+        }
     }
 }
 
@@ -540,6 +635,8 @@ struct Stored {
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     /// Deliveries stored for the dispatcher to claim.
     waiting: u64,
+    /// Results of the sends stored one by one, in the order of the batch.
+    others: Vec<Accepted>,
 }
 
 impl Stored {
@@ -562,16 +659,19 @@ impl Stored {
     }
 }
 
+/// Stores `batch` in one synced transaction, after writing `outcomes` in
+/// the same one (see [`write_loop`]).
 fn accept_batch<'a>(
     writer: &'a SqlitePool,
     batch: &'a [AcceptJob],
+    outcomes: &'a [&'a Recorded],
+    now: Millis,
     intake: Option<&'a dyn Intake>,
 ) -> futures::future::BoxFuture<'a, Result<Stored>> {
     Box::pin(async move {
-        let mut tx = writer.begin().await?;
         // Sends to one user without an idempotency key, the common case, are
-        // stored by two statements for the whole batch; every other send by
-        // its own statements.
+        // stored by one command for the whole batch; every other send by its
+        // own statements.
         let to_user = |job: &'a AcceptJob| match &job.notification.recipients {
             Recipients::User(user) if job.idempotency_key.is_none() => {
                 Some((&job.notification, user.as_str()))
@@ -579,41 +679,112 @@ fn accept_batch<'a>(
             _ => None,
         };
         let together: Vec<_> = batch.iter().filter_map(to_user).collect();
+        let others: Vec<&AcceptJob> = batch.iter().filter(|job| to_user(job).is_none()).collect();
         let mut stored = Stored::default();
-        let fanned_out = accept_to_users(&mut tx, &together, intake, &mut stored).await?;
-        for job in batch {
-            let n = &job.notification;
-            let result = if to_user(job).is_some() {
-                Accepted::Created {
-                    id: n.id.clone(),
-                    deliveries: fanned_out.get(n.id.as_str()).copied().unwrap_or(0),
-                }
-            } else {
-                let result =
-                    accept_one(&mut tx, n, job.idempotency_key.as_deref(), job.window_ms).await?;
-                if let Accepted::Created { deliveries, .. } = &result {
-                    stored.waiting += deliveries;
-                }
-                result
+        let mut conn = writer.acquire().await?;
+        let written = async {
+            // The transaction begins with the first command, and ends with
+            // the last: one round trip each for outcomes and for sends to
+            // users (see [`Frame`]).
+            let begun = !outcomes.is_empty();
+            if begun {
+                record_statements(&mut conn, outcomes, now, Some("BEGIN")).await?;
+            }
+            let frame = Frame {
+                begins: !begun,
+                commits: others.is_empty(),
             };
-            stored.results.push(result);
+            let fanned_out =
+                accept_to_users(&mut conn, &together, intake, &mut stored, frame).await?;
+            if !others.is_empty() {
+                for job in &others {
+                    let n = &job.notification;
+                    let result =
+                        accept_one(&mut conn, n, job.idempotency_key.as_deref(), job.window_ms)
+                            .await?;
+                    if let Accepted::Created { deliveries, .. } = &result {
+                        stored.waiting += deliveries;
+                    }
+                    stored.others.push(result);
+                }
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+            }
+            Ok::<_, StoreError>(fanned_out)
         }
-        tx.commit().await?;
+        .await;
+        let fanned_out = match written {
+            Ok(fanned_out) => fanned_out,
+            Err(e) => {
+                roll_back(conn).await;
+                return Err(e);
+            }
+        };
+        // Answers in the order of the batch.
+        let mut others = std::mem::take(&mut stored.others).into_iter();
+        stored.results = batch
+            .iter()
+            .map(|job| {
+                let n = &job.notification;
+                match to_user(job) {
+                    Some(_) => Accepted::Created {
+                        id: n.id.clone(),
+                        deliveries: fanned_out.get(n.id.as_str()).copied().unwrap_or(0),
+                    },
+                    None => others.next().expect("one result per other send"),
+                }
+            })
+            .collect();
         Ok(stored)
     })
 }
 
-/// One statement storing the notification rows of `notifications`, padded
-/// (see [`padded`]).
-fn insert_notifications<'a>(notifications: &[&'a NewNotification]) -> QueryBuilder<'a, Sqlite> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO ");
+/// Whether the commands of [`accept_to_users`] begin the transaction, and
+/// end it. Each command is one round trip to the connection's thread,
+/// where every statement it holds runs in turn; the writer is held for
+/// those round trips, so the fewer there are, the more sends get through
+/// per second. `BEGIN` and `COMMIT` therefore travel with the statements.
+#[derive(Clone, Copy)]
+struct Frame {
+    begins: bool,
+    commits: bool,
+}
+
+#[cfg(test)]
+impl Frame {
+    const WITHIN: Frame = Frame {
+        begins: false,
+        commits: false,
+    };
+}
+
+/// Ends the transaction a failed command may have left open (they begin it
+/// with a plain `BEGIN`; see [`Frame`]). If even that fails, the connection is closed rather than handed on
+/// in a state nobody knows.
+async fn roll_back(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
+    roll_back_in_place(&mut conn).await;
+}
+
+async fn roll_back_in_place(conn: &mut sqlx::pool::PoolConnection<Sqlite>) {
+    if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_err() {
+        // Also when no transaction was open (the failure came first, or
+        // SQLite rolled back itself): closing is harmless, and rare.
+        conn.close_on_drop();
+    }
+}
+
+/// Pushes the statement storing the notification rows of `notifications`,
+/// padded (see [`padded`]).
+fn push_insert_notifications<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    notifications: &[&'a NewNotification],
+) {
+    q.push("INSERT INTO ");
     q.push(NOTIFICATION_COLUMNS).push(" SELECT * FROM (");
     q.push_values(padded(notifications), |mut row, n| match n {
         Some(n) => push_notification_row(&mut row, n),
         None => push_nulls(&mut row, NOTIFICATION_COLUMN_COUNT),
     });
     q.push(") WHERE column1 IS NOT NULL");
-    q
 }
 
 /// The columns [`NOTIFICATION_COLUMNS`] names.
@@ -624,56 +795,69 @@ const NOTIFICATION_COLUMN_COUNT: usize = 9;
 const ACCEPT_CHUNK: usize = 256;
 
 /// Stores notifications that each go to one user, with their fan-out, in
-/// two statements per chunk; answers how many deliveries each one got.
+/// one command of two statements per chunk; answers how many deliveries
+/// each one got.
 ///
-/// With a local queue that has room, and the app too (a third statement
-/// reads the app's room), the deliveries are stored already leased to the
-/// queue, exactly as a claim would lease them, and collected in
-/// `stored.started`, to be sent once the transaction commits. The claim they
-/// skip would cost a transaction of its own and a read of every notification
-/// again; a crash before they are sent leaves leases that run out and are
-/// claimed again, as for any claimed delivery.
+/// With a local queue that has room, and the app too, the deliveries are
+/// stored already leased to the queue, exactly as a claim would lease them,
+/// and collected in `stored.started`, to be sent once the transaction
+/// commits. The claim they skip would cost a transaction of its own and a
+/// read of every notification again; a crash before they are sent leaves
+/// leases that run out and are claimed again, as for any claimed delivery.
+///
+/// The room is reserved in the queue first, and the statement leases at most
+/// that many, and no more than the app's `max_concurrency` leaves (counted
+/// as a claim counts it), so the app's room needs no statement of its own.
 async fn accept_to_users<'a>(
-    tx: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::SqliteConnection,
     sends: &[(&'a NewNotification, &'a str)],
     intake: Option<&dyn Intake>,
     stored: &mut Stored,
+    frame: Frame,
 ) -> Result<HashMap<&'a str, u64>> {
     let mut deliveries: HashMap<&str, u64> = HashMap::new();
-    for chunk in sends.chunks(ACCEPT_CHUNK) {
+    let chunks: Vec<_> = sends.chunks(ACCEPT_CHUNK).collect();
+    if chunks.is_empty() {
+        let framing = match (frame.begins, frame.commits) {
+            (true, true) => "BEGIN; COMMIT",
+            (true, false) => "BEGIN",
+            (false, true) => "COMMIT",
+            (false, false) => "",
+        };
+        if !framing.is_empty() {
+            sqlx::query(framing).execute(&mut *conn).await?;
+        }
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        let begins = frame.begins && i == 0;
+        let commits = frame.commits && i + 1 == chunks.len();
+        // Room for a chunk of one app only: several would need their
+        // max_concurrency counted each. A user has a few devices; what does
+        // not fit waits for a claim.
+        let app_id = &chunk[0].0.app_id;
+        let one_app = chunk.iter().all(|(n, _)| &n.app_id == app_id);
+        let reserved = intake
+            .filter(|_| one_app)
+            .map(|intake| intake.reserve(HANDOVER_PER_SEND * chunk.len()))
+            .filter(|r| !r.permits.is_empty());
+        let (now, lease, room) = match &reserved {
+            Some(r) => (r.now, r.lease_until, r.permits.len() as i64),
+            None => (0, 0, 0),
+        };
+
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(if begins { "BEGIN; " } else { "" });
         let notifications: Vec<&NewNotification> = chunk.iter().map(|(n, _)| *n).collect();
-        insert_notifications(&notifications)
-            .build()
-            .execute(&mut *tx)
-            .await?;
-
-        let reserved = match intake {
-            Some(intake) => reserve_for(tx, intake, chunk).await?,
-            None => None,
-        };
-        let (lease, take) = match &reserved {
-            Some((r, _)) => (r.lease_until, r.permits.len() as i64),
-            None => (0, 0),
-        };
-        let now = reserved.as_ref().map_or(0, |(r, _)| r.now);
-
+        push_insert_notifications(&mut q, &notifications);
         // The same rows as `push_fan_out` writes for `Recipients::User`; the
         // first `take` of them leased as a claim leases them.
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at, status, lease_until, claims, sent_at)
+        q.push(
+            "; INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at, status, lease_until, claims, sent_at)
              SELECT nid, app_id, sid, user_id, host, vendor, at, expires, at,
-                 CASE WHEN n <= ",
+                 CASE WHEN n <= take THEN 'in_flight' ELSE 'pending' END,
+                 CASE WHEN n <= take THEN ",
         );
-        q.push_bind(take)
-            .push(" THEN 'in_flight' ELSE 'pending' END, CASE WHEN n <= ")
-            .push_bind(take)
-            .push(" THEN ")
-            .push_bind(lease)
-            .push(" END, n <= ")
-            .push_bind(take)
-            .push(", CASE WHEN n <= ")
-            .push_bind(take)
-            .push(" THEN ")
+        q.push_bind(lease)
+            .push(" END, n <= take, CASE WHEN n <= take THEN ")
             .push_bind(now)
             .push(
                 " END FROM (SELECT v.column1 AS nid, s.app_id, s.id AS sid, s.user_id, s.endpoint_host AS host, s.vendor,
@@ -691,9 +875,27 @@ async fn accept_to_users<'a>(
             None => push_nulls(&mut row, 5),
         });
         q.push(") AS v JOIN subscriptions s ON s.app_id = v.column4 AND s.user_id = v.column5)");
+        // Uncorrelated, so SQLite computes it once, before the first row.
+        q.push(" JOIN (SELECT coalesce((SELECT min(")
+            .push_bind(room)
+            .push(
+                ", a.max_concurrency - (SELECT count(*) FROM deliveries d
+                     WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ",
+            )
+            .push_bind(now)
+            .push(")) FROM apps a WHERE a.id = ")
+            .push_bind(app_id)
+            .push("), 0) AS take)");
         q.push(claim_returning!());
-        q.push(", status = 'in_flight'");
-        let rows = q.build().fetch_all(&mut *tx).await?;
+        q.push(
+            ", status = 'in_flight',
+             (SELECT vapid_generation FROM apps a WHERE a.id = deliveries.app_id),
+             (SELECT contact FROM apps a WHERE a.id = deliveries.app_id)",
+        );
+        if commits {
+            q.push("; COMMIT");
+        }
+        let rows = q.build().fetch_all(&mut *conn).await?;
 
         deliveries.extend(chunk.iter().map(|(n, _)| (n.id.as_str(), 0)));
         let by_id: HashMap<&str, &NewNotification> = match reserved {
@@ -713,9 +915,6 @@ async fn accept_to_users<'a>(
                 stored.waiting += 1;
                 continue;
             }
-            let (_, app) = reserved
-                .as_ref()
-                .expect("leased rows only with room reserved");
             let notice = notices.entry(key).or_insert_with(|| {
                 let n = by_id[key];
                 Arc::new(Notice {
@@ -723,15 +922,15 @@ async fn accept_to_users<'a>(
                     ttl_secs: i64::from(n.ttl_secs),
                     urgency: n.urgency.clone(),
                     topic_key: n.topic_key.clone(),
-                    vapid_generation: app.vapid_generation,
-                    contact: app.contact.clone(),
+                    vapid_generation: r.get(15),
+                    contact: r.get(16),
                 })
             });
             stored
                 .started
                 .push(claimed_row(r, key.to_string(), notice.clone()));
         }
-        if let Some((r, _)) = reserved {
+        if let Some(r) = reserved {
             // Room for more than were leased goes back when the permits drop.
             let mut permits = r.permits;
             permits.truncate(stored.started.len() - started_before);
@@ -741,52 +940,8 @@ async fn accept_to_users<'a>(
     Ok(deliveries)
 }
 
-/// What a hand-over needs to know about the app.
-#[derive(FromRow)]
-struct AppRoom {
-    room: i64,
-    vapid_generation: i64,
-    contact: String,
-}
-
-/// Reserves room in the local queue for a chunk of sends, within the app's
-/// `max_concurrency` counted as a claim counts it. `None` when the chunk spans
-/// several apps (their rooms would need a statement each) or nothing fits.
-async fn reserve_for(
-    tx: &mut sqlx::SqliteConnection,
-    intake: &dyn Intake,
-    chunk: &[(&NewNotification, &str)],
-) -> Result<Option<(Reservation, AppRoom)>> {
-    let app_id = &chunk[0].0.app_id;
-    if chunk.iter().any(|(n, _)| &n.app_id != app_id) {
-        return Ok(None);
-    }
-    let now = crate::domain::now_millis();
-    let app: Option<AppRoom> = sqlx::query_as(
-        "SELECT a.max_concurrency - (SELECT count(*) FROM deliveries d
-             WHERE d.app_id = a.id AND d.status = 'in_flight' AND d.lease_until > ?1) AS room,
-             a.vapid_generation, a.contact
-         FROM apps a WHERE a.id = ?2",
-    )
-    .bind(now)
-    .bind(app_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(app) = app else { return Ok(None) };
-    // A user has a few devices; what does not fit waits for a claim.
-    let wanted = app.room.min(HANDOVER_PER_SEND * chunk.len() as i64);
-    if wanted <= 0 {
-        return Ok(None);
-    }
-    let reservation = intake.reserve(wanted as usize);
-    if reservation.permits.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((reservation, app)))
-}
-
 /// Room reserved per send to a user, for the devices it may have.
-const HANDOVER_PER_SEND: i64 = 4;
+const HANDOVER_PER_SEND: usize = 4;
 
 fn accept_one<'a>(
     tx: &'a mut sqlx::SqliteConnection,
@@ -815,7 +970,9 @@ fn accept_one<'a>(
                     .await?;
             }
         }
-        insert_notifications(&[n]).build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        push_insert_notifications(&mut q, &[n]);
+        q.build().execute(&mut *tx).await?;
 
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_fan_out(&mut q, n);
@@ -1033,44 +1190,113 @@ fn row_change(d: &Disposition, now: Millis) -> RowChange<'_> {
 /// Deliveries per statement when recording successes together.
 const DELIVERED_CHUNK: usize = 500;
 
-async fn record(
-    conn: &mut sqlx::SqliteConnection,
-    outcomes: &[Recorded],
+/// Whether the writer is back at `synchronous = FULL` after [`record`].
+#[derive(Debug, PartialEq, Eq)]
+enum Synced {
+    Again,
+    Not,
+}
+
+/// Pushes the statement recording a chunk of successes, padded (see
+/// [`padded`]) and fenced by the same (id, claims) match as every other
+/// outcome.
+fn push_record_delivered<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    chunk: &[&'a Recorded],
     now: Millis,
+) {
+    q.push(
+        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL,
+             finished_at = v.column3, lease_until = NULL FROM (",
+    );
+    // Padding rows match no delivery.
+    q.push_values(padded(chunk), |mut row, o| match o {
+        Some(o) => {
+            let at = match o.disposition {
+                Disposition::Delivered { at } => at,
+                _ => now,
+            };
+            row.push_bind(o.id).push_bind(o.claims).push_bind(at);
+        }
+        None => push_nulls(&mut row, 3),
+    });
+    q.push(
+        ") AS v WHERE deliveries.id = v.column1 AND deliveries.claims = v.column2
+             AND deliveries.status = 'in_flight'",
+    );
+}
+
+/// Writes outcomes in a relaxed transaction of their own, and says whether
+/// the writer is synced again.
+async fn record(
+    conn: &mut sqlx::pool::PoolConnection<Sqlite>,
+    outcomes: &[&Recorded],
+    now: Millis,
+) -> Result<Synced> {
+    let written = if outcomes.len() <= DELIVERED_CHUNK
+        && outcomes
+            .iter()
+            .all(|o| matches!(o.disposition, Disposition::Delivered { .. }))
+    {
+        // Only successes, the common case: one command is the whole
+        // transaction, the switch to NORMAL and back to FULL included (see
+        // [`Frame`] for why the round trips count). Outcomes of stale claims
+        // match no row and change nothing.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(RELAXED_BEGIN);
+        q.push("; ");
+        push_record_delivered(&mut q, outcomes, now);
+        q.push("; COMMIT; PRAGMA synchronous = FULL");
+        q.build()
+            .execute(&mut **conn)
+            .await
+            .map(|_| Synced::Again)
+            .map_err(StoreError::from)
+    } else {
+        match record_statements(conn, outcomes, now, Some(RELAXED_BEGIN)).await {
+            Ok(()) => sqlx::query("COMMIT")
+                .execute(&mut **conn)
+                .await
+                .map(|_| Synced::Not)
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        }
+    };
+    if written.is_err() {
+        roll_back_in_place(conn).await;
+    }
+    written
+}
+
+/// Runs the statements that write `outcomes`, the first of them prefixed
+/// with `begin` if given, which then begins the transaction.
+async fn record_statements(
+    conn: &mut sqlx::SqliteConnection,
+    outcomes: &[&Recorded],
+    now: Millis,
+    mut begin: Option<&str>,
 ) -> Result<()> {
-    let mut tx = conn.begin_with(RELAXED_BEGIN).await?;
-    // Successes, the common case, are one statement per chunk, fenced by the
-    // same (id, claims) match as every other outcome.
+    // Successes, the common case, are one statement per chunk.
     let (delivered, others): (Vec<&Recorded>, Vec<&Recorded>) = outcomes
         .iter()
         .partition(|o| matches!(o.disposition, Disposition::Delivered { .. }));
     for chunk in delivered.chunks(DELIVERED_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, last_error = NULL,
-                 finished_at = v.column3, lease_until = NULL FROM (",
-        );
-        // Padding rows match no delivery.
-        q.push_values(padded(chunk), |mut row, o| match o {
-            Some(o) => {
-                let at = match o.disposition {
-                    Disposition::Delivered { at } => at,
-                    _ => now,
-                };
-                row.push_bind(o.id).push_bind(o.claims).push_bind(at);
-            }
-            None => push_nulls(&mut row, 3),
-        });
-        q.push(
-            ") AS v WHERE deliveries.id = v.column1 AND deliveries.claims = v.column2
-                 AND deliveries.status = 'in_flight'",
-        );
-        let done = q.build().execute(&mut *tx).await?;
-        if (done.rows_affected() as usize) < chunk.len() {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        let prefixed = begin.is_some();
+        if let Some(begin) = begin.take() {
+            q.push(begin).push("; ");
+        }
+        push_record_delivered(&mut q, chunk, now);
+        let done = q.build().execute(&mut *conn).await?;
+        // A prefixed command's count is not the update's alone.
+        if !prefixed && (done.rows_affected() as usize) < chunk.len() {
             tracing::debug!(
                 stale = chunk.len() - done.rows_affected() as usize,
                 "outcomes of stale claims ignored"
             );
         }
+    }
+    if let Some(begin) = begin {
+        sqlx::query(begin).execute(&mut *conn).await?;
     }
     for o in others {
         let c = row_change(&o.disposition, now);
@@ -1084,7 +1310,7 @@ async fn record(
             .bind(c.finished_at)
             .bind(o.id)
             .bind(o.claims)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         if done.rows_affected() == 0 {
             tracing::debug!(
@@ -1095,12 +1321,11 @@ async fn record(
         } else if let Disposition::Gone { error } = &o.disposition {
             sqlx::query("DELETE FROM subscriptions WHERE id = ?")
                 .bind(&o.subscription_id)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-            mark_queued_gone(&mut tx, &o.subscription_id, error, now).await?;
+            mark_queued_gone(&mut *conn, &o.subscription_id, error, now).await?;
         }
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -1227,7 +1452,7 @@ impl SqliteStore {
 
 /// A dead subscription's queued deliveries will never arrive: mark them gone.
 async fn mark_queued_gone(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut sqlx::SqliteConnection,
     subscription_id: &str,
     error: &str,
     now: Millis,
@@ -1239,7 +1464,7 @@ async fn mark_queued_gone(
     .bind(error)
     .bind(now)
     .bind(subscription_id)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -1355,11 +1580,21 @@ mod tests {
             subscription_id: "gone".into(),
             disposition: Disposition::Delivered { at: now_millis() },
         };
-        store
-            .deliveries_record(&[stale], now_millis())
-            .await
-            .unwrap();
-        assert_eq!(mode().await, FULL);
+        // Successes alone are one command; any other outcome takes the
+        // statements one by one.
+        let failed = Recorded {
+            disposition: Disposition::Failed {
+                error: "400".into(),
+            },
+            ..stale.clone()
+        };
+        for outcomes in [vec![stale.clone()], vec![stale, failed]] {
+            store
+                .deliveries_record(&outcomes, now_millis())
+                .await
+                .unwrap();
+            assert_eq!(mode().await, FULL);
+        }
     }
 
     fn notification(app_id: &str) -> NewNotification {
@@ -1376,11 +1611,8 @@ mod tests {
         }
     }
 
-    /// The batched statements themselves, without the per-send fallback an
-    /// accept batch takes when its statements fail: padding rows must store
-    /// nothing and match nothing.
-    #[tokio::test]
-    async fn padded_batches_store_and_record_only_their_own_rows() {
+    /// A store with one app whose users have the given numbers of devices.
+    async fn store_with_users(users: &[(&str, usize)]) -> (tempfile::TempDir, SqliteStore, AppRow) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("h.db").display());
         let store = SqliteStore::connect(&url, 1, 5_000).await.unwrap();
@@ -1399,11 +1631,11 @@ mod tests {
             created_at: now,
         };
         store.app_insert(&app).await.unwrap();
-        for (user, devices) in [("ann", 1), ("bob", 2), ("cy", 0)] {
-            for _ in 0..devices {
+        for (user, devices) in users {
+            for _ in 0..*devices {
                 let s = NewSubscription {
                     app_id: app.id.clone(),
-                    user_id: user.into(),
+                    user_id: user.to_string(),
                     endpoint: format!("https://push.example.com/{}", new_id()),
                     endpoint_host: "push.example.com".into(),
                     vendor: "fcm".into(),
@@ -1415,13 +1647,158 @@ mod tests {
                 store.subscription_upsert(&s, now).await.unwrap();
             }
         }
+        (dir, store, app)
+    }
+
+    fn send_to(n: NewNotification) -> AcceptJob {
+        AcceptJob {
+            notification: n,
+            idempotency_key: None,
+            window_ms: 0,
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn delivered(claimed: &[Claimed]) -> Vec<Recorded> {
+        claimed
+            .iter()
+            .map(|c| Recorded {
+                id: c.id,
+                claims: c.claims,
+                subscription_id: c.subscription_id.clone(),
+                disposition: Disposition::Delivered { at: now_millis() },
+            })
+            .collect()
+    }
+
+    async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&store.writer)
+            .await
+            .unwrap()
+    }
+
+    /// Outcomes that wait while sends are stored go into the sends'
+    /// transaction, and the writer is synced after it as before.
+    #[tokio::test]
+    async fn outcomes_are_written_in_the_transaction_of_the_sends_waiting() {
+        let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 1)]).await;
+        let first = send_to(notification_to(&app.id, "ann"));
+        accept_batch(&store.writer, &[first], &[], 0, None)
+            .await
+            .unwrap();
+        let claimed = store
+            .deliveries_claim(now_millis(), now_millis() + 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let outcomes = delivered(&claimed);
+        let outcomes: Vec<&Recorded> = outcomes.iter().collect();
+
+        let second = send_to(notification_to(&app.id, "bob"));
+        let stored = accept_batch(&store.writer, &[second], &outcomes, now_millis(), None)
+            .await
+            .unwrap();
+        assert_eq!(stored.waiting, 1);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+            )
+            .await,
+            1
+        );
+        const FULL: i64 = 2;
+        assert_eq!(count(&store, "PRAGMA synchronous").await, FULL);
+    }
+
+    /// A batch that fails stores nothing, writes none of its outcomes, and
+    /// leaves no transaction open behind it on the writer.
+    #[tokio::test]
+    async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
+        let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 1)]).await;
+        accept_batch(
+            &store.writer,
+            &[send_to(notification_to(&app.id, "ann"))],
+            &[],
+            0,
+            None,
+        )
+        .await
+        .unwrap();
+        let claimed = store
+            .deliveries_claim(now_millis(), now_millis() + 60_000, 10)
+            .await
+            .unwrap();
+        let outcomes = delivered(&claimed);
+        let outcomes: Vec<&Recorded> = outcomes.iter().collect();
+
+        // No such app: the notification breaks its foreign key.
+        let broken = send_to(notification_to("no-such-app", "bob"));
+        for waiting in [&outcomes[..], &[]] {
+            let failed = accept_batch(
+                &store.writer,
+                std::slice::from_ref(&broken),
+                waiting,
+                now_millis(),
+                None,
+            )
+            .await;
+            assert!(failed.is_err());
+        }
+        assert_eq!(count(&store, "SELECT count(*) FROM notifications").await, 1);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM deliveries WHERE status = 'in_flight'"
+            )
+            .await,
+            1
+        );
+
+        let fine = send_to(notification_to(&app.id, "bob"));
+        accept_batch(&store.writer, &[fine], &outcomes, now_millis(), None)
+            .await
+            .unwrap();
+        assert_eq!(count(&store, "SELECT count(*) FROM notifications").await, 2);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
+            )
+            .await,
+            1
+        );
+    }
+
+    fn notification_to(app_id: &str, user: &str) -> NewNotification {
+        NewNotification {
+            recipients: Recipients::User(user.into()),
+            ..notification(app_id)
+        }
+    }
+
+    /// The batched statements themselves, without the per-send fallback an
+    /// accept batch takes when its statements fail: padding rows must store
+    /// nothing and match nothing.
+    #[tokio::test]
+    async fn padded_batches_store_and_record_only_their_own_rows() {
+        let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 2), ("cy", 0)]).await;
         // Three sends: padded to four rows in each statement.
         let sends: Vec<NewNotification> = (0..3).map(|_| notification(&app.id)).collect();
         let batch: Vec<(&NewNotification, &str)> = sends.iter().zip(["ann", "bob", "cy"]).collect();
         let mut conn = store.writer.acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         let mut stored = Stored::default();
-        let counts = accept_to_users(&mut tx, &batch, None, &mut stored)
+        let counts = accept_to_users(&mut tx, &batch, None, &mut stored, Frame::WITHIN)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -1450,6 +1827,7 @@ mod tests {
                 disposition: Disposition::Delivered { at: now_millis() },
             })
             .collect();
+        let outcomes: Vec<&Recorded> = outcomes.iter().collect();
         record(&mut conn, &outcomes, now_millis()).await.unwrap();
         assert_eq!(
             count("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
