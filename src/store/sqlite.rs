@@ -525,17 +525,11 @@ impl SqliteStore {
 /// Writes outcomes in a relaxed transaction of their own.
 async fn record_alone(writer: &SqlitePool, outcomes: &[&Recorded], now: Millis) -> Result<()> {
     let mut conn = writer.acquire().await?;
-    match record(&mut conn, outcomes, now).await {
-        Ok(Synced::Again) => Ok(()),
-        Ok(Synced::Not) => {
-            restore_synced(conn).await;
-            Ok(())
-        }
-        Err(e) => {
-            restore_synced(conn).await;
-            Err(e)
-        }
+    let written = record(&mut conn, outcomes, now).await;
+    if !matches!(written, Ok(Synced::Again)) {
+        restore_synced(conn).await;
     }
+    written.map(drop)
 }
 
 /// Commits waiting notifications in batches: one synced commit for all of
@@ -715,7 +709,7 @@ fn accept_batch<'a>(
         let fanned_out = match written {
             Ok(fanned_out) => fanned_out,
             Err(e) => {
-                roll_back(conn).await;
+                roll_back(&mut conn).await;
                 return Err(e);
             }
         };
@@ -760,11 +754,7 @@ impl Frame {
 /// Ends the transaction a failed command may have left open (they begin it
 /// with a plain `BEGIN`; see [`Frame`]). If even that fails, the connection is closed rather than handed on
 /// in a state nobody knows.
-async fn roll_back(mut conn: sqlx::pool::PoolConnection<Sqlite>) {
-    roll_back_in_place(&mut conn).await;
-}
-
-async fn roll_back_in_place(conn: &mut sqlx::pool::PoolConnection<Sqlite>) {
+async fn roll_back(conn: &mut sqlx::pool::PoolConnection<Sqlite>) {
     if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_err() {
         // Also when no transaction was open (the failure came first, or
         // SQLite rolled back itself): closing is harmless, and rare.
@@ -1262,7 +1252,7 @@ async fn record(
         }
     };
     if written.is_err() {
-        roll_back_in_place(conn).await;
+        roll_back(conn).await;
     }
     written
 }
@@ -1678,13 +1668,19 @@ mod tests {
             .unwrap()
     }
 
-    /// Outcomes that wait while sends are stored go into the sends'
-    /// transaction, and the writer is synced after it as before.
-    #[tokio::test]
-    async fn outcomes_are_written_in_the_transaction_of_the_sends_waiting() {
-        let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 1)]).await;
-        let first = send_to(notification_to(&app.id, "ann"));
-        accept_batch(&store.writer, &[first], &[], 0, None)
+    async fn deliveries_in(store: &SqliteStore, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = ?")
+            .bind(status)
+            .fetch_one(&store.writer)
+            .await
+            .unwrap()
+    }
+
+    /// Stores a send to `user`, claims its one delivery, and answers the
+    /// outcome a worker would report for it.
+    async fn sent_and_delivered(store: &SqliteStore, app: &AppRow, user: &str) -> Vec<Recorded> {
+        let send = send_to(notification_to(&app.id, user));
+        accept_batch(&store.writer, &[send], &[], 0, None)
             .await
             .unwrap();
         let claimed = store
@@ -1692,7 +1688,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
-        let outcomes = delivered(&claimed);
+        delivered(&claimed)
+    }
+
+    /// Outcomes that wait while sends are stored go into the sends'
+    /// transaction, and the writer is synced after it as before.
+    #[tokio::test]
+    async fn outcomes_are_written_in_the_transaction_of_the_sends_waiting() {
+        let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 1)]).await;
+        let outcomes = sent_and_delivered(&store, &app, "ann").await;
         let outcomes: Vec<&Recorded> = outcomes.iter().collect();
 
         let second = send_to(notification_to(&app.id, "bob"));
@@ -1700,22 +1704,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored.waiting, 1);
-        assert_eq!(
-            count(
-                &store,
-                "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
-            )
-            .await,
-            1
-        );
-        assert_eq!(
-            count(
-                &store,
-                "SELECT count(*) FROM deliveries WHERE status = 'pending'"
-            )
-            .await,
-            1
-        );
+        assert_eq!(deliveries_in(&store, "delivered").await, 1);
+        assert_eq!(deliveries_in(&store, "pending").await, 1);
         const FULL: i64 = 2;
         assert_eq!(count(&store, "PRAGMA synchronous").await, FULL);
     }
@@ -1725,20 +1715,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
         let (_dir, store, app) = store_with_users(&[("ann", 1), ("bob", 1)]).await;
-        accept_batch(
-            &store.writer,
-            &[send_to(notification_to(&app.id, "ann"))],
-            &[],
-            0,
-            None,
-        )
-        .await
-        .unwrap();
-        let claimed = store
-            .deliveries_claim(now_millis(), now_millis() + 60_000, 10)
-            .await
-            .unwrap();
-        let outcomes = delivered(&claimed);
+        let outcomes = sent_and_delivered(&store, &app, "ann").await;
         let outcomes: Vec<&Recorded> = outcomes.iter().collect();
 
         // No such app: the notification breaks its foreign key.
@@ -1755,28 +1732,14 @@ mod tests {
             assert!(failed.is_err());
         }
         assert_eq!(count(&store, "SELECT count(*) FROM notifications").await, 1);
-        assert_eq!(
-            count(
-                &store,
-                "SELECT count(*) FROM deliveries WHERE status = 'in_flight'"
-            )
-            .await,
-            1
-        );
+        assert_eq!(deliveries_in(&store, "in_flight").await, 1);
 
         let fine = send_to(notification_to(&app.id, "bob"));
         accept_batch(&store.writer, &[fine], &outcomes, now_millis(), None)
             .await
             .unwrap();
         assert_eq!(count(&store, "SELECT count(*) FROM notifications").await, 2);
-        assert_eq!(
-            count(
-                &store,
-                "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
-            )
-            .await,
-            1
-        );
+        assert_eq!(deliveries_in(&store, "delivered").await, 1);
     }
 
     fn notification_to(app_id: &str, user: &str) -> NewNotification {
@@ -1818,15 +1781,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
-        let outcomes: Vec<Recorded> = claimed
-            .iter()
-            .map(|c| Recorded {
-                id: c.id,
-                claims: c.claims,
-                subscription_id: c.subscription_id.clone(),
-                disposition: Disposition::Delivered { at: now_millis() },
-            })
-            .collect();
+        let outcomes = delivered(&claimed);
         let outcomes: Vec<&Recorded> = outcomes.iter().collect();
         record(&mut conn, &outcomes, now_millis()).await.unwrap();
         assert_eq!(
