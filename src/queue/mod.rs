@@ -162,6 +162,7 @@ impl Queue {
                 continue;
             }
             let recorded_before = q.batches_recorded.load(Ordering::SeqCst);
+            let asked = permits.len();
             let now = now_millis();
             let claimed = match q
                 .store
@@ -179,22 +180,26 @@ impl Queue {
                     continue;
                 }
             };
-            if claimed.is_empty() {
-                drop(permits);
-                self.sleep_until_due(&stop, recorded_before).await;
-                continue;
-            }
+            // Fewer than asked: the claim took all that was due (or all the
+            // apps had room for), so another one now would find nothing.
+            // Work stored since has woken the dispatcher, and the sleep
+            // ends at once.
+            let took_all = claimed.len() < asked;
             for c in claimed {
                 let permit = permits
                     .pop()
                     .expect("a claim returns at most as many rows as it was given permits");
                 spawn_send(&q.sender, c, permit, tx.clone());
             }
+            if took_all {
+                drop(permits);
+                self.sleep_until_due(&stop, recorded_before).await;
+            }
         }
     }
 
     /// `recorded_before` is the recorder's batch count read before the claim
-    /// that found nothing.
+    /// that found nothing, or less than it asked for.
     async fn sleep_until_due(&self, stop: &CancellationToken, recorded_before: u64) {
         let q = &self.inner;
         let next = match q.store.queue_next_due().await {
