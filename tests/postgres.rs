@@ -238,7 +238,6 @@ async fn a_force_through_another_instance_wakes_this_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_listen_connection_is_re_established() {
     let (emu, schema, app, acme, _sub) = setup(None).await;
-    let other = elsewhere(&schema).await;
     listening(&schema).await;
     let cut = schema.terminate_connections().await;
     assert!(
@@ -246,6 +245,7 @@ async fn a_lost_listen_connection_is_re_established() {
         "the pool's and the listener's connections were cut ({cut})"
     );
     listening(&schema).await;
+    let other = elsewhere(&schema).await;
     // Still listening: work stored elsewhere is sent without delay.
     let started = Instant::now();
     queue_elsewhere(&other, &acme, "bo", "after the cut").await;
@@ -257,6 +257,27 @@ async fn a_lost_listen_connection_is_re_established() {
     );
     let (status, _) = health(&app).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Pooled connections are not pinged on every use, only after sitting idle:
+/// the first send after the database cut them all is still accepted, and
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_send_after_every_connection_was_cut_is_accepted() {
+    let (emu, schema, app, acme, _sub) = setup(None).await;
+    let cut = schema.terminate_connections().await;
+    assert!(cut >= 2, "the pools' connections were cut ({cut})");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = app
+        .send(
+            &acme,
+            json!({"to": {"user": "bo"}, "title": "after the cut", "body": "b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    emu.wait_for(2, WAIT).await;
+    assert_eq!(app.settled(&acme, &id, WAIT).await["delivered"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

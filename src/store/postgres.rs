@@ -22,9 +22,9 @@
 //!   commits; [`PgStore::subscribe_wakeups`] listens and wakes the
 //!   local queue. The payload is the schema, so deployments sharing a database
 //!   in different schemas do not wake each other.
-//! - `statement_timeout` is set on every connection; a pool connection is
-//!   checked before use, so after a database restart Herald reconnects by
-//!   itself.
+//! - `statement_timeout` is set on every connection; a pool connection that
+//!   sat idle is checked before use (see [`CHECK_IF_IDLE`]), so after a
+//!   database restart Herald reconnects by itself.
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -45,6 +45,13 @@ pub const WAKE_CHANNEL: &str = "herald_wake";
 /// How long a request waits for a pool connection before failing (and
 /// `/healthz` reporting the database as down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled connection unused for this long is pinged before it is handed
+/// out, so one that a database restart cut meanwhile is replaced, not used.
+/// One used moments ago was checked as it came back (sqlx pings every
+/// connection on release): checking it again on acquire would add a round
+/// trip to every send, claim and outcome write under load for nothing.
+const CHECK_IF_IDLE: Duration = Duration::from_millis(100);
 
 /// `/healthz` answers within this, database up or not.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,16 +122,12 @@ impl PgStore {
             let _ = conn.close().await;
         }
         let options = base.options([("statement_timeout", statement_timeout_ms)]);
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
             .connect_with(options.clone())
             .await?;
-        let queue = PgPoolOptions::new()
+        let queue = pool_options()
             .max_connections(QUEUE_POOL)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
             .connect_with(options.clone().options([("synchronous_commit", "off")]))
             .await?;
         let schema: Arc<str> = sqlx::query_scalar::<_, String>("SELECT current_schema()")
@@ -833,6 +836,22 @@ impl PgStore {
             _ => self.announce(),
         }
     }
+}
+
+/// Both pools: a bounded wait for a connection, and one that sat idle
+/// checked before use ([`CHECK_IF_IDLE`]).
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IF_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Sends the announcements [`PgStore::announce`] asks for, one at a time,
