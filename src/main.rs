@@ -9,9 +9,10 @@ use herald::{app, service, Application, Settings};
 /// jemalloc rather than glibc's malloc: under load glibc's allocator took
 /// about an eighth of Herald's CPU, partly in arena locks shared by the
 /// runtime's threads and in consolidating freed chunks. With jemalloc's
-/// per-thread caches, Herald spent less CPU per delivery in 11 of 12
-/// interleaved benchmark pairs, typically 10 to 15% less, with resident
-/// memory unchanged (README, Performance).
+/// per-thread caches, in six interleaved benchmark pairs, Herald spent less
+/// CPU per delivery in all six broadcasts and five of six per-user runs (a
+/// median of 13% less), with resident memory within the targets' margins
+/// (README, Benchmark).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
