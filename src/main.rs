@@ -12,9 +12,7 @@ use herald::{app, service, Application, Settings};
 /// per-thread caches, in six interleaved benchmark pairs, Herald spent less
 /// CPU per delivery in all six broadcasts and five of six per-user runs (a
 /// median of 13% less), with resident memory within the targets' margins
-/// (README, Benchmark). Its unprefixed `malloc` and `free` also serve
-/// SQLite and aws-lc: in six more pairs, the SQLite threads' CPU per
-/// per-user delivery was lower in five.
+/// (README, Benchmark).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
