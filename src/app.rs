@@ -154,17 +154,17 @@ impl Application {
             settings.lease(),
             Duration::from_secs(settings.retention_hours * 3600),
         );
-        let state = AppState {
+        let state = AppState::new(http::Shared {
             store: store.clone(),
             queue: queue.clone(),
-            admin: Arc::new(admin),
-            user_tokens: Arc::new(UserTokens::new(&master)),
+            admin,
+            user_tokens: UserTokens::new(&master),
             master,
-            allowed_hosts: Arc::new(allowed),
+            allowed_hosts: allowed,
             metrics,
             app_concurrency: settings.app_concurrency,
             api_keys: Default::default(),
-        };
+        });
         let router = http::router(state, &settings.static_dir);
         let listener = tokio::net::TcpListener::bind(settings.bind)
             .await

@@ -25,21 +25,38 @@ use crate::secrets::{AdminToken, MasterKey, UserTokens};
 use crate::store::Store;
 use crate::webpush::AllowedHosts;
 
-/// Everything a handler may need. Cheap to clone: extractors clone it for
-/// every request, so whatever owns heap memory sits behind an `Arc`.
+/// Everything a handler may need, behind one `Arc`: axum clones the state
+/// for every extractor of every request, and cloning the fields one by one
+/// (the store's pools and channel, the queue, the caches) cost a dozen
+/// atomic counts up and down per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub store: Store,
     pub queue: Queue,
-    pub admin: Arc<AdminToken>,
+    pub admin: AdminToken,
     pub master: MasterKey,
-    pub user_tokens: Arc<UserTokens>,
-    pub allowed_hosts: Arc<AllowedHosts>,
+    pub user_tokens: UserTokens,
+    pub allowed_hosts: AllowedHosts,
     pub metrics: Arc<Metrics>,
     pub app_concurrency: u32,
     /// API key hash → app id. Keys never change and apps are never deleted,
     /// so a key once seen needs no database read again.
-    pub api_keys: Arc<std::sync::RwLock<std::collections::HashMap<Vec<u8>, String>>>,
+    pub api_keys: std::sync::RwLock<std::collections::HashMap<Vec<u8>, String>>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Pages on an app's own origin call the API with a user token, so the API
