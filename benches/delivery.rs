@@ -715,6 +715,90 @@ async fn call(
     ))
 }
 
+/// One API client of the per-user phase: a keep-alive HTTP/1.1 connection
+/// of its own per instance, as a backend's HTTP client holds one. It costs
+/// the machine less CPU per call than a `reqwest::Client` (no pool lookup,
+/// no URL parsing, no timeout timer per request), and on two cores every
+/// microsecond the load generator spends is taken from Herald.
+struct ApiClient {
+    conns: Vec<Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>>,
+    bases: Arc<Vec<String>>,
+    path: String,
+    authorization: hyper::header::HeaderValue,
+}
+
+#[derive(serde::Deserialize)]
+struct SendAnswer {
+    deliveries: u64,
+}
+
+impl ApiClient {
+    fn new(bases: Arc<Vec<String>>, app: &Seeded) -> anyhow::Result<Self> {
+        Ok(ApiClient {
+            conns: bases.iter().map(|_| None).collect(),
+            bases,
+            path: format!("/api/v1/apps/{}/notifications", app.app_id),
+            authorization: format!("Bearer {}", app.api_key).parse()?,
+        })
+    }
+
+    async fn connection(
+        &mut self,
+        i: usize,
+    ) -> anyhow::Result<
+        &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    > {
+        let open = match &self.conns[i] {
+            Some(c) => c.is_closed(),
+            None => true,
+        };
+        if open {
+            let addr = self.bases[i]
+                .strip_prefix("http://")
+                .ok_or_else(|| anyhow!("API base {} is not http://", self.bases[i]))?;
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            self.conns[i] = Some(tx);
+        }
+        Ok(self.conns[i].as_mut().expect("connected above"))
+    }
+
+    /// Sends to the instance `i`; returns the time to the 202 and the
+    /// deliveries queued.
+    async fn send(&mut self, i: usize, body: &Value) -> anyhow::Result<(Duration, u64)> {
+        use http_body_util::BodyExt;
+        let t = Instant::now();
+        let req = hyper::Request::post(self.path.as_str())
+            .header(
+                hyper::header::HOST,
+                self.bases[i].trim_start_matches("http://"),
+            )
+            .header(hyper::header::AUTHORIZATION, self.authorization.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(body)?,
+            )))?;
+        let conn = self.connection(i).await?;
+        conn.ready().await?;
+        let resp = conn.send_request(req).await?;
+        let status = resp.status();
+        let answer = resp.into_body().collect().await?.to_bytes();
+        let took = t.elapsed();
+        if status != hyper::StatusCode::ACCEPTED {
+            bail!(
+                "send answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let answer: SendAnswer = serde_json::from_slice(&answer)
+            .with_context(|| format!("send answer {}", String::from_utf8_lossy(&answer)))?;
+        Ok((took, answer.deliveries))
+    }
+}
+
 /// Sends a notification; returns the time to the 202 and the deliveries queued.
 async fn send(
     c: &Common,
@@ -903,13 +987,8 @@ async fn phase_users(
     let bases = Arc::new(bases.to_vec());
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (c, app, next, users, bases) = (
-            c.clone(),
-            app.clone(),
-            next.clone(),
-            users.clone(),
-            bases.clone(),
-        );
+        let (next, users, bases) = (next.clone(), users.clone(), bases.clone());
+        let mut client = ApiClient::new(bases.clone(), app)?;
         tasks.push(tokio::spawn(async move {
             let mut took = Vec::new();
             loop {
@@ -917,8 +996,7 @@ async fn phase_users(
                 if i >= users.len() {
                     return anyhow::Ok(took);
                 }
-                let (t, queued) =
-                    send(&c, &bases[i % bases.len()], &app, user_body(&users[i])).await?;
+                let (t, queued) = client.send(i % bases.len(), &user_body(&users[i])).await?;
                 if queued != 1 {
                     bail!("a send to {} queued {queued} deliveries", users[i]);
                 }
