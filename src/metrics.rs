@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VendorLabel {
@@ -29,12 +30,31 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub outcomes: Family<OutcomeLabel, Counter>,
-    pub retries: Family<VendorLabel, Counter>,
-    pub queue_wait: Family<VendorLabel, Histogram, fn() -> Histogram>,
-    pub delivery_latency: Family<VendorLabel, Histogram, fn() -> Histogram>,
+    outcomes: Family<OutcomeLabel, Counter>,
+    retries: Family<VendorLabel, Counter>,
+    queue_wait: Family<VendorLabel, Histogram, fn() -> Histogram>,
+    delivery_latency: Family<VendorLabel, Histogram, fn() -> Histogram>,
     pub queued: Gauge,
     pub in_flight: Gauge,
+    /// Each known vendor's series, once created. A family lookup builds a
+    /// label (a `String`), hashes it and takes the family's lock, and every
+    /// delivery makes three: the series themselves are shared handles, so
+    /// the senders keep them here instead.
+    known: [KnownVendor; KNOWN_VENDORS.len()],
+}
+
+/// The vendors a delivery row names (`Vendor::as_str`).
+const KNOWN_VENDORS: [&str; 5] = ["fcm", "apple", "mozilla", "wns", "other"];
+
+/// The outcomes [`Metrics::outcome`] counts.
+const OUTCOMES: [&str; 4] = ["delivered", "gone", "failed", "expired"];
+
+#[derive(Default)]
+struct KnownVendor {
+    queue_wait: OnceLock<Histogram>,
+    delivery_latency: OnceLock<Histogram>,
+    retries: OnceLock<Counter>,
+    outcomes: [OnceLock<Counter>; OUTCOMES.len()],
 }
 
 impl Default for Metrics {
@@ -85,18 +105,81 @@ impl Default for Metrics {
             delivery_latency,
             queued,
             in_flight,
+            known: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    fn known(&self, vendor: &str) -> Option<&KnownVendor> {
+        let i = KNOWN_VENDORS.iter().position(|v| *v == vendor)?;
+        Some(&self.known[i])
+    }
+
+    fn label(vendor: &str) -> VendorLabel {
+        VendorLabel {
+            vendor: vendor.to_string(),
+        }
+    }
+
+    /// A delivery finished (`delivered`, `gone`, `failed`, `expired`).
     pub fn outcome(&self, vendor: &str, outcome: &'static str) {
-        self.outcomes
-            .get_or_create(&OutcomeLabel {
-                vendor: vendor.to_string(),
-                outcome,
-            })
-            .inc();
+        let label = || OutcomeLabel {
+            vendor: vendor.to_string(),
+            outcome,
+        };
+        match (
+            self.known(vendor),
+            OUTCOMES.iter().position(|o| *o == outcome),
+        ) {
+            (Some(k), Some(i)) => k.outcomes[i]
+                .get_or_init(|| self.outcomes.get_or_create(&label()).clone())
+                .inc(),
+            _ => self.outcomes.get_or_create(&label()).inc(),
+        };
+    }
+
+    /// A delivery will be retried.
+    pub fn retry(&self, vendor: &str) {
+        match self.known(vendor) {
+            Some(k) => k
+                .retries
+                .get_or_init(|| self.retries.get_or_create(&Self::label(vendor)).clone())
+                .inc(),
+            None => self.retries.get_or_create(&Self::label(vendor)).inc(),
+        };
+    }
+
+    /// Time from acceptance to a send attempt.
+    pub fn observe_queue_wait(&self, vendor: &str, seconds: f64) {
+        match self.known(vendor) {
+            Some(k) => k
+                .queue_wait
+                .get_or_init(|| self.queue_wait.get_or_create(&Self::label(vendor)).clone())
+                .observe(seconds),
+            None => self
+                .queue_wait
+                .get_or_create(&Self::label(vendor))
+                .observe(seconds),
+        }
+    }
+
+    /// Duration of one push request.
+    pub fn observe_delivery_latency(&self, vendor: &str, seconds: f64) {
+        match self.known(vendor) {
+            Some(k) => k
+                .delivery_latency
+                .get_or_init(|| {
+                    self.delivery_latency
+                        .get_or_create(&Self::label(vendor))
+                        .clone()
+                })
+                .observe(seconds),
+            None => self
+                .delivery_latency
+                .get_or_create(&Self::label(vendor))
+                .observe(seconds),
+        }
     }
 
     pub fn render(&self) -> String {
@@ -104,5 +187,38 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn every_count_reaches_its_series_and_unused_vendors_show_none() {
+        let m = Metrics::default();
+        m.outcome("fcm", "delivered");
+        m.outcome("fcm", "delivered");
+        m.outcome("fcm", "gone");
+        // A vendor name outside the known ones still gets its own series.
+        m.outcome("relay", "failed");
+        m.retry("apple");
+        m.observe_queue_wait("fcm", 0.5);
+        m.observe_queue_wait("fcm", 1.5);
+        m.observe_delivery_latency("wns", 0.002);
+        let text = m.render();
+        for line in [
+            "herald_deliveries_total{vendor=\"fcm\",outcome=\"delivered\"} 2",
+            "herald_deliveries_total{vendor=\"fcm\",outcome=\"gone\"} 1",
+            "herald_deliveries_total{vendor=\"relay\",outcome=\"failed\"} 1",
+            "herald_retries_total{vendor=\"apple\"} 1",
+            "herald_queue_wait_seconds_count{vendor=\"fcm\"} 2",
+            "herald_queue_wait_seconds_sum{vendor=\"fcm\"} 2.0",
+            "herald_delivery_latency_seconds_count{vendor=\"wns\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        assert!(!text.contains("vendor=\"mozilla\""), "{text}");
+        assert!(!text.contains("outcome=\"expired\""), "{text}");
     }
 }

@@ -19,7 +19,7 @@ use crate::webpush::{
 };
 
 use super::retry::RetryPolicy;
-use crate::metrics::{Metrics, VendorLabel};
+use crate::metrics::Metrics;
 
 /// Answer bodies are read only this far: enough for any vendor's reason.
 const MAX_ANSWER_BYTES: usize = 4096;
@@ -123,13 +123,8 @@ impl Sender {
     /// Sends one delivery and decides what happens to it.
     pub async fn deliver(&self, c: &Claimed) -> Decision {
         let now = now_millis();
-        let vendor_label = VendorLabel {
-            vendor: c.vendor.clone(),
-        };
         self.metrics
-            .queue_wait
-            .get_or_create(&vendor_label)
-            .observe((now - c.created_at).max(0) as f64 / 1000.0);
+            .observe_queue_wait(&c.vendor, (now - c.created_at).max(0) as f64 / 1000.0);
         if c.expires_at <= now {
             return self.finish(c, Disposition::Expired { error: None }, None);
         }
@@ -167,9 +162,7 @@ impl Sender {
             }
         };
         self.metrics
-            .delivery_latency
-            .get_or_create(&vendor_label)
-            .observe(started.elapsed().as_secs_f64());
+            .observe_delivery_latency(&c.vendor, started.elapsed().as_secs_f64());
         let now = now_millis();
         let reason = classified.reason.clone();
         let attempts = c.attempts as u32 + 1;
@@ -252,12 +245,7 @@ impl Sender {
             Disposition::Failed { .. } => "failed",
             Disposition::Expired { .. } => "expired",
             Disposition::Retry { .. } => {
-                self.metrics
-                    .retries
-                    .get_or_create(&VendorLabel {
-                        vendor: c.vendor.clone(),
-                    })
-                    .inc();
+                self.metrics.retry(&c.vendor);
                 ""
             }
         };
