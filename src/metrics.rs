@@ -4,7 +4,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -19,6 +19,12 @@ pub struct VendorLabel {
 pub struct OutcomeLabel {
     pub vendor: String,
     pub outcome: &'static str,
+}
+
+fn label(vendor: &str) -> VendorLabel {
+    VendorLabel {
+        vendor: vendor.to_string(),
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -116,70 +122,72 @@ impl Metrics {
         Some(&self.known[i])
     }
 
-    fn label(vendor: &str) -> VendorLabel {
-        VendorLabel {
-            vendor: vendor.to_string(),
+    /// Applies `f` to a series: the one kept in `slot` (created on first
+    /// use), or, for a vendor without a slot, the family's.
+    fn series<L, M, C>(
+        slot: Option<&OnceLock<M>>,
+        family: &Family<L, M, C>,
+        label: impl Fn() -> L,
+        f: impl FnOnce(&M),
+    ) where
+        L: Clone + std::hash::Hash + Eq,
+        M: Clone,
+        C: MetricConstructor<M>,
+    {
+        match slot {
+            Some(slot) => f(slot.get_or_init(|| family.get_or_create(&label()).clone())),
+            None => f(&family.get_or_create(&label())),
         }
     }
 
     /// A delivery finished (`delivered`, `gone`, `failed`, `expired`).
     pub fn outcome(&self, vendor: &str, outcome: &'static str) {
+        let slot = self.known(vendor).and_then(|k| {
+            let i = OUTCOMES.iter().position(|o| *o == outcome)?;
+            Some(&k.outcomes[i])
+        });
         let label = || OutcomeLabel {
             vendor: vendor.to_string(),
             outcome,
         };
-        match (
-            self.known(vendor),
-            OUTCOMES.iter().position(|o| *o == outcome),
-        ) {
-            (Some(k), Some(i)) => k.outcomes[i]
-                .get_or_init(|| self.outcomes.get_or_create(&label()).clone())
-                .inc(),
-            _ => self.outcomes.get_or_create(&label()).inc(),
-        };
+        Self::series(slot, &self.outcomes, label, |c| {
+            c.inc();
+        });
     }
 
     /// A delivery will be retried.
     pub fn retry(&self, vendor: &str) {
-        match self.known(vendor) {
-            Some(k) => k
-                .retries
-                .get_or_init(|| self.retries.get_or_create(&Self::label(vendor)).clone())
-                .inc(),
-            None => self.retries.get_or_create(&Self::label(vendor)).inc(),
-        };
+        let slot = self.known(vendor).map(|k| &k.retries);
+        Self::series(
+            slot,
+            &self.retries,
+            || label(vendor),
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// Time from acceptance to a send attempt.
     pub fn observe_queue_wait(&self, vendor: &str, seconds: f64) {
-        match self.known(vendor) {
-            Some(k) => k
-                .queue_wait
-                .get_or_init(|| self.queue_wait.get_or_create(&Self::label(vendor)).clone())
-                .observe(seconds),
-            None => self
-                .queue_wait
-                .get_or_create(&Self::label(vendor))
-                .observe(seconds),
-        }
+        let slot = self.known(vendor).map(|k| &k.queue_wait);
+        Self::series(
+            slot,
+            &self.queue_wait,
+            || label(vendor),
+            |h| h.observe(seconds),
+        );
     }
 
     /// Duration of one push request.
     pub fn observe_delivery_latency(&self, vendor: &str, seconds: f64) {
-        match self.known(vendor) {
-            Some(k) => k
-                .delivery_latency
-                .get_or_init(|| {
-                    self.delivery_latency
-                        .get_or_create(&Self::label(vendor))
-                        .clone()
-                })
-                .observe(seconds),
-            None => self
-                .delivery_latency
-                .get_or_create(&Self::label(vendor))
-                .observe(seconds),
-        }
+        let slot = self.known(vendor).map(|k| &k.delivery_latency);
+        Self::series(
+            slot,
+            &self.delivery_latency,
+            || label(vendor),
+            |h| h.observe(seconds),
+        );
     }
 
     pub fn render(&self) -> String {
