@@ -722,7 +722,9 @@ async fn call(
 /// microsecond the load generator spends is taken from Herald.
 struct ApiClient {
     conns: Vec<Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>>,
-    bases: Arc<Vec<String>>,
+    /// Per instance, `host:port`: what the connection dials and `Host` names.
+    authorities: Vec<String>,
+    hosts: Vec<hyper::header::HeaderValue>,
     path: String,
     authorization: hyper::header::HeaderValue,
 }
@@ -733,10 +735,22 @@ struct SendAnswer {
 }
 
 impl ApiClient {
-    fn new(bases: Arc<Vec<String>>, app: &Seeded) -> anyhow::Result<Self> {
+    fn new(bases: &[String], app: &Seeded) -> anyhow::Result<Self> {
+        let authorities = bases
+            .iter()
+            .map(|b| {
+                b.strip_prefix("http://")
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("API base {b} is not http://"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(ApiClient {
             conns: bases.iter().map(|_| None).collect(),
-            bases,
+            hosts: authorities
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?,
+            authorities,
             path: format!("/api/v1/apps/{}/notifications", app.app_id),
             authorization: format!("Bearer {}", app.api_key).parse()?,
         })
@@ -748,15 +762,12 @@ impl ApiClient {
     ) -> anyhow::Result<
         &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     > {
-        let open = match &self.conns[i] {
+        let connect = match &self.conns[i] {
             Some(c) => c.is_closed(),
             None => true,
         };
-        if open {
-            let addr = self.bases[i]
-                .strip_prefix("http://")
-                .ok_or_else(|| anyhow!("API base {} is not http://", self.bases[i]))?;
-            let stream = tokio::net::TcpStream::connect(addr).await?;
+        if connect {
+            let stream = tokio::net::TcpStream::connect(&self.authorities[i]).await?;
             stream.set_nodelay(true)?;
             let (tx, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -772,10 +783,7 @@ impl ApiClient {
         use http_body_util::BodyExt;
         let t = Instant::now();
         let req = hyper::Request::post(self.path.as_str())
-            .header(
-                hyper::header::HOST,
-                self.bases[i].trim_start_matches("http://"),
-            )
+            .header(hyper::header::HOST, self.hosts[i].clone())
             .header(hyper::header::AUTHORIZATION, self.authorization.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(
@@ -984,11 +992,11 @@ async fn phase_users(
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let users: Arc<Vec<String>> = Arc::new(users.iter().map(|s| s.user.clone()).collect());
-    let bases = Arc::new(bases.to_vec());
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (next, users, bases) = (next.clone(), users.clone(), bases.clone());
-        let mut client = ApiClient::new(bases.clone(), app)?;
+        let (next, users) = (next.clone(), users.clone());
+        let mut client = ApiClient::new(bases, app)?;
+        let instances = bases.len();
         tasks.push(tokio::spawn(async move {
             let mut took = Vec::new();
             loop {
@@ -996,7 +1004,7 @@ async fn phase_users(
                 if i >= users.len() {
                     return anyhow::Ok(took);
                 }
-                let (t, queued) = client.send(i % bases.len(), &user_body(&users[i])).await?;
+                let (t, queued) = client.send(i % instances, &user_body(&users[i])).await?;
                 if queued != 1 {
                     bail!("a send to {} queued {queued} deliveries", users[i]);
                 }
@@ -1012,8 +1020,7 @@ async fn phase_users(
     let end = sink.wait_count(c0 + n, Duration::from_secs(600)).await?;
     let s1 = c.cpu.total(&[sink.pid]);
     let sink_n = sink.count().await? - c0;
-    let bases: Vec<String> = bases.to_vec();
-    drained(c, &bases, Duration::from_secs(120)).await?;
+    drained(c, bases, Duration::from_secs(120)).await?;
     let (h1, d1) = (c.cpu.total(pids), db.ticks());
     let th1 = threads_of(pids);
     let extra_pushes = (sink.count().await? - c0).saturating_sub(n);

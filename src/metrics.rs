@@ -10,6 +10,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
+use crate::webpush::Vendor;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VendorLabel {
     pub vendor: String,
@@ -46,11 +48,8 @@ pub struct Metrics {
     /// label (a `String`), hashes it and takes the family's lock, and every
     /// delivery makes three: the series themselves are shared handles, so
     /// the senders keep them here instead.
-    known: [KnownVendor; KNOWN_VENDORS.len()],
+    known: [KnownVendor; Vendor::ALL.len()],
 }
-
-/// The vendors a delivery row names (`Vendor::as_str`).
-const KNOWN_VENDORS: [&str; 5] = ["fcm", "apple", "mozilla", "wns", "other"];
 
 /// The outcomes [`Metrics::outcome`] counts.
 const OUTCOMES: [&str; 4] = ["delivered", "gone", "failed", "expired"];
@@ -118,7 +117,8 @@ impl Default for Metrics {
 
 impl Metrics {
     fn known(&self, vendor: &str) -> Option<&KnownVendor> {
-        let i = KNOWN_VENDORS.iter().position(|v| *v == vendor)?;
+        // A delivery row names its vendor as `Vendor::as_str` wrote it.
+        let i = Vendor::ALL.iter().position(|v| v.as_str() == vendor)?;
         Some(&self.known[i])
     }
 
@@ -158,36 +158,24 @@ impl Metrics {
     /// A delivery will be retried.
     pub fn retry(&self, vendor: &str) {
         let slot = self.known(vendor).map(|k| &k.retries);
-        Self::series(
-            slot,
-            &self.retries,
-            || label(vendor),
-            |c| {
-                c.inc();
-            },
-        );
+        let inc = |c: &Counter| {
+            c.inc();
+        };
+        Self::series(slot, &self.retries, || label(vendor), inc);
     }
 
     /// Time from acceptance to a send attempt.
     pub fn observe_queue_wait(&self, vendor: &str, seconds: f64) {
         let slot = self.known(vendor).map(|k| &k.queue_wait);
-        Self::series(
-            slot,
-            &self.queue_wait,
-            || label(vendor),
-            |h| h.observe(seconds),
-        );
+        let observe = |h: &Histogram| h.observe(seconds);
+        Self::series(slot, &self.queue_wait, || label(vendor), observe);
     }
 
     /// Duration of one push request.
     pub fn observe_delivery_latency(&self, vendor: &str, seconds: f64) {
         let slot = self.known(vendor).map(|k| &k.delivery_latency);
-        Self::series(
-            slot,
-            &self.delivery_latency,
-            || label(vendor),
-            |h| h.observe(seconds),
-        );
+        let observe = |h: &Histogram| h.observe(seconds);
+        Self::series(slot, &self.delivery_latency, || label(vendor), observe);
     }
 
     pub fn render(&self) -> String {

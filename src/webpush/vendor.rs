@@ -23,6 +23,14 @@ pub enum Vendor {
     Other,
 }
 impl Vendor {
+    pub const ALL: [Vendor; 5] = [
+        Vendor::Fcm,
+        Vendor::Apple,
+        Vendor::Mozilla,
+        Vendor::Wns,
+        Vendor::Other,
+    ];
+
     /// By host for the real services; for any other allowed host (a relay,
     /// a private deployment, a test emulator) by the vendor's path shape, so
     /// that host still gets its vendor's answer rules.
