@@ -705,9 +705,9 @@ async fn a_send_that_cannot_be_stored_fails_alone(db: &Db) {
 }
 
 /// Sends to one user each, arriving together, are stored together (one
-/// commit on SQLite): each answer still counts that user's devices only,
-/// each delivery belongs to its own notification, and a send that cannot be
-/// stored fails without taking the others with it.
+/// commit on SQLite, one statement on PostgreSQL): each answer still counts
+/// that user's devices only, each delivery belongs to its own notification,
+/// and a send that cannot be stored fails without taking the others with it.
 async fn concurrent_sends_to_single_users_reach_each_users_own_devices(db: &Db) {
     let store = &db.store;
     let app = app(store, 10).await;
@@ -724,53 +724,52 @@ async fn concurrent_sends_to_single_users_reach_each_users_own_devices(db: &Db) 
         id: new_id(),
         ..app.clone()
     };
-    let sends: Vec<(String, NewNotification)> = (0..48)
-        .map(|k| {
-            let user = format!("user-{}", k % 12);
-            let owner = if k == 25 { &missing } else { &app };
-            let n = notification(owner, Recipients::User(user.clone()), now());
-            (user, n)
-        })
-        .collect();
-    let results = futures::future::join_all(
-        sends
-            .iter()
-            .map(|(_, n)| store.notification_create(n, None, 0)),
-    )
-    .await;
-    let queued = rows(store, &app, None).await;
-    for (k, ((user, n), result)) in sends.iter().zip(&results).enumerate() {
-        let expected = devices.get(user).map_or(0, Vec::len);
-        match (k, result) {
-            (25, Err(_)) => continue,
-            (25, Ok(r)) => panic!("a notification of a missing app was stored: {r:?}"),
-            (_, Ok(Accepted::Created { id, deliveries })) => {
-                assert_eq!(id, &n.id);
-                assert_eq!(*deliveries as usize, expected, "send {k} to {user}");
-            }
-            (_, other) => panic!("send {k} to {user}: {other:?}"),
-        }
-        let mut got: Vec<&str> = queued
-            .iter()
-            .filter(|r| r.notification_id == n.id)
-            .inspect(|r| assert_eq!(&r.user_id, user))
-            .map(|r| r.subscription_id.as_str())
+    let mut stored = 0;
+    // First every send can be stored, then one among them cannot.
+    for failing in [None, Some(25)] {
+        let sends: Vec<(String, NewNotification)> = (0..48)
+            .map(|k| {
+                let user = format!("user-{}", k % 12);
+                let owner = if Some(k) == failing { &missing } else { &app };
+                let n = notification(owner, Recipients::User(user.clone()), now());
+                (user, n)
+            })
             .collect();
-        got.sort_unstable();
-        let mut want: Vec<&str> = devices
-            .get(user)
-            .map(|d| d.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        want.sort_unstable();
-        assert_eq!(got, want, "deliveries of send {k} to {user}");
+        let results = futures::future::join_all(
+            sends
+                .iter()
+                .map(|(_, n)| store.notification_create(n, None, 0)),
+        )
+        .await;
+        let queued = rows(store, &app, None).await;
+        for (k, ((user, n), result)) in sends.iter().zip(&results).enumerate() {
+            let expected = devices.get(user).map_or(0, Vec::len);
+            match (Some(k) == failing, result) {
+                (true, Err(_)) => continue,
+                (true, Ok(r)) => panic!("a notification of a missing app was stored: {r:?}"),
+                (false, Ok(Accepted::Created { id, deliveries })) => {
+                    assert_eq!(id, &n.id);
+                    assert_eq!(*deliveries as usize, expected, "send {k} to {user}");
+                }
+                (false, other) => panic!("send {k} to {user}: {other:?}"),
+            }
+            let mut got: Vec<&str> = queued
+                .iter()
+                .filter(|r| r.notification_id == n.id)
+                .inspect(|r| assert_eq!(&r.user_id, user))
+                .map(|r| r.subscription_id.as_str())
+                .collect();
+            got.sort_unstable();
+            let mut want: Vec<&str> = devices
+                .get(user)
+                .map(|d| d.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            want.sort_unstable();
+            assert_eq!(got, want, "deliveries of send {k} to {user}");
+            stored += expected;
+        }
+        assert_eq!(queued.len(), stored);
     }
-    let stored: usize = sends
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| *k != 25)
-        .map(|(_, (user, _))| devices.get(user).map_or(0, Vec::len))
-        .sum();
-    assert_eq!(queued.len(), stored);
 }
 
 async fn a_claim_leases_and_honours_max_concurrency_and_the_limit(db: &Db) {

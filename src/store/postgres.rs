@@ -13,6 +13,10 @@
 //!   the lock is held for the work alone, not across network round trips.
 //! - Claims and outcome writes use their own few connections, which commit
 //!   without waiting for the disk (see [`QUEUE_POOL`]).
+//! - Sends to one user without an idempotency key, the common case, that
+//!   arrive together are stored by one statement (see [`user_send_loop`]):
+//!   one synced commit and one fan-out for the batch, instead of a statement,
+//!   a commit and a busy backend per send.
 //! - Idempotency keys are claimed with `INSERT … ON CONFLICT`: the primary key
 //!   decides between two instances racing on one key, and the loser replays the
 //!   winner's answer.
@@ -90,7 +94,24 @@ pub struct PgStore {
     /// Whether this instance's own queue can start this many deliveries at
     /// once; set by [`PgStore::subscribe_wakeups`].
     local_room: Arc<OnceLock<RoomProbe>>,
+    /// Sends to one user waiting to be stored together ([`user_send_loop`]).
+    user_sends: tokio::sync::mpsc::Sender<UserSend>,
 }
+
+/// A send to one user waiting for [`user_send_loop`] to store it; the
+/// answer is its number of deliveries.
+struct UserSend {
+    notification: NewNotification,
+    reply: tokio::sync::oneshot::Sender<Result<u64>>,
+}
+
+/// Most sends to users stored by one statement.
+const USER_SEND_BATCH: usize = 256;
+
+/// Batches of sends to users one instance stores at once. While they wait
+/// for their commits, the next sends gather into the next batch: under load
+/// the batches grow instead of the number of busy backends.
+const USER_SEND_WRITERS: usize = 2;
 
 /// Answers whether the local queue has room for this many deliveries now.
 pub type RoomProbe = Arc<dyn Fn(u64) -> bool + Send + Sync>;
@@ -136,6 +157,8 @@ impl PgStore {
             .into();
         let (announcer, wanted) = tokio::sync::mpsc::channel(1);
         tokio::spawn(announce_loop(queue.clone(), schema.clone(), wanted));
+        let (user_sends, waiting) = tokio::sync::mpsc::channel(4 * USER_SEND_BATCH);
+        tokio::spawn(user_send_loop(pool.clone(), waiting));
         Ok(PgStore {
             pool,
             queue,
@@ -143,6 +166,7 @@ impl PgStore {
             schema,
             announcer,
             local_room: Arc::new(OnceLock::new()),
+            user_sends,
         })
     }
 
@@ -457,10 +481,10 @@ impl PgStore {
         let Some(key) = idempotency_key else {
             // One statement, so one round trip and its own transaction: the
             // common send costs no BEGIN and COMMIT of its own.
-            let deliveries = store_notification(n)
-                .build_query_scalar::<i64>()
-                .fetch_one(&self.pool)
-                .await? as u64;
+            let deliveries = match &n.recipients {
+                Recipients::User(_) => self.store_user_send(n).await?,
+                _ => store_one(&self.pool, n).await?,
+            };
             if deliveries > 0 {
                 self.announce_unless_local(deliveries);
             }
@@ -517,6 +541,18 @@ impl PgStore {
             id: n.id.clone(),
             deliveries,
         })
+    }
+
+    /// Stores a send to one user together with the others waiting.
+    async fn store_user_send(&self, n: &NewNotification) -> Result<u64> {
+        let closed = || StoreError::Corrupt("the store is shutting down".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = UserSend {
+            notification: n.clone(),
+            reply,
+        };
+        self.user_sends.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     pub async fn notification_get(
@@ -873,6 +909,130 @@ async fn announce_loop(
             tracing::warn!(error = %e, "announcing queued work to other instances failed");
         }
     }
+}
+
+/// Stores the sends to users that wait, in batches of at most
+/// [`USER_SEND_BATCH`] and [`USER_SEND_WRITERS`] batches at a time, until
+/// every store handle is dropped.
+async fn user_send_loop(pool: PgPool, mut waiting: tokio::sync::mpsc::Receiver<UserSend>) {
+    let writers = Arc::new(tokio::sync::Semaphore::new(USER_SEND_WRITERS));
+    loop {
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = waiting.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < USER_SEND_BATCH {
+            match waiting.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            store_user_sends(&pool, batch).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Stores a batch of sends to users and answers each. If the batch fails as
+/// a whole, nothing of it is stored, and each send runs again on its own, so
+/// one that cannot be stored answers its own caller with the error and the
+/// others are stored.
+async fn store_user_sends(pool: &PgPool, batch: Vec<UserSend>) {
+    if batch.len() == 1 {
+        let job = batch.into_iter().next().expect("one job");
+        let _ = job.reply.send(store_one(pool, &job.notification).await);
+        return;
+    }
+    match store_together(pool, &batch).await {
+        Ok(counts) => {
+            for job in batch {
+                let n = counts.get(&job.notification.id).copied().unwrap_or(0);
+                let _ = job.reply.send(Ok(n as u64));
+            }
+        }
+        Err(_) => {
+            for job in batch {
+                let _ = job.reply.send(store_one(pool, &job.notification).await);
+            }
+        }
+    }
+}
+
+/// One statement for the whole batch: the notifications as arrays, each
+/// fanned out to its user's devices. The arrays keep the statement's text
+/// the same whatever the batch's length, so it is prepared once.
+async fn store_together(
+    pool: &PgPool,
+    batch: &[UserSend],
+) -> Result<std::collections::HashMap<String, i64>> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut apps = Vec::with_capacity(batch.len());
+    let mut titles = Vec::with_capacity(batch.len());
+    let mut payloads = Vec::with_capacity(batch.len());
+    let mut ttls = Vec::with_capacity(batch.len());
+    let mut urgencies = Vec::with_capacity(batch.len());
+    let mut topic_keys = Vec::with_capacity(batch.len());
+    let mut created = Vec::with_capacity(batch.len());
+    let mut expires = Vec::with_capacity(batch.len());
+    let mut users = Vec::with_capacity(batch.len());
+    for job in batch {
+        let n = &job.notification;
+        let Recipients::User(user) = &n.recipients else {
+            unreachable!("only sends to one user are batched")
+        };
+        ids.push(n.id.as_str());
+        apps.push(n.app_id.as_str());
+        titles.push(n.title.as_str());
+        payloads.push(n.payload.as_slice());
+        ttls.push(n.ttl_secs as i64);
+        urgencies.push(n.urgency.as_str());
+        topic_keys.push(n.topic_key.as_deref());
+        created.push(n.created_at);
+        expires.push(n.expires_at());
+        users.push(user.as_str());
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH sends AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
+                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+                 AS u(id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at, user_id)
+         ), stored AS (
+             INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
+             SELECT id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at FROM sends
+         ), fanned AS (
+             INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
+             SELECT n.id, s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, n.created_at, n.expires_at, n.created_at
+             FROM sends n JOIN subscriptions s ON s.app_id = n.app_id AND s.user_id = n.user_id
+             RETURNING notification_id
+         )
+         SELECT notification_id, count(*) FROM fanned GROUP BY notification_id",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .bind(&titles)
+    .bind(&payloads)
+    .bind(&ttls)
+    .bind(&urgencies)
+    .bind(&topic_keys)
+    .bind(&created)
+    .bind(&expires)
+    .bind(&users)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Stores one notification with its fan-out; answers its number of deliveries.
+async fn store_one(pool: &PgPool, n: &NewNotification) -> Result<u64> {
+    Ok(store_notification(n)
+        .build_query_scalar::<i64>()
+        .fetch_one(pool)
+        .await? as u64)
 }
 
 /// Stores a notification and its fan-out ([`push_fan_out`]) in one statement
