@@ -1203,32 +1203,67 @@ async fn phase_peer(
 // ---------------------------------------------------------------------------
 // PostgreSQL server CPU
 
-/// The PostgreSQL server processes serving one database (its backends and
-/// the shared auxiliary processes), for CPU accounting. Empty on SQLite.
+/// The PostgreSQL server, for CPU accounting: the postmaster, its children
+/// alive at each reading (the backends, also those a pool opens after the
+/// run began, and the auxiliary processes), and what its exited children
+/// used. Backends of other databases count too; here they sit idle. `None`
+/// on SQLite.
 struct DbCpu {
-    pids: Vec<u32>,
+    postmaster: Option<u32>,
 }
 
 impl DbCpu {
     fn none() -> DbCpu {
-        DbCpu { pids: Vec::new() }
+        DbCpu { postmaster: None }
     }
     fn ticks(&self) -> Option<u64> {
-        (!self.pids.is_empty()).then(|| self.pids.iter().filter_map(|&p| cpu_ticks(p)).sum())
+        let pm = self.postmaster?;
+        let mut total = stat_fields(pm)?.iter().take(4).sum::<u64>();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if parent_of(pid) == Some(pm) {
+                total += cpu_ticks(pid).unwrap_or(0);
+            }
+        }
+        Some(total)
     }
 }
 
-async fn pg_server_pids(admin_url: &str, db: &str) -> anyhow::Result<DbCpu> {
+/// utime, stime, cutime and cstime of a process, in clock ticks.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The postmaster of the server at `admin_url`: the parent of a backend.
+async fn pg_server(admin_url: &str) -> anyhow::Result<DbCpu> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
-    )
-    .bind(db)
-    .fetch_all(&mut conn)
-    .await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await?;
     conn.close().await?;
     Ok(DbCpu {
-        pids: pids.into_iter().map(|p| p as u32).collect(),
+        postmaster: parent_of(backend as u32),
     })
 }
 
@@ -1442,15 +1477,16 @@ async fn pg_run(
         let pids: Vec<u32> = hs.iter().map(|h| h.pid).collect();
         let bases: Vec<String> = hs.iter().map(|h| h.base.clone()).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let db_cpu = pg_server_pids(admin, &db).await?;
+        let db_cpu = pg_server(admin).await?;
         let mut r = PgRun::default();
         let outcome = async {
             r.broadcast =
                 phase_broadcast(c, sink, &pids, &db_cpu, &bases, app, o.subs as u64).await?;
             eprintln!(
-                "    broadcast {:.0} deliveries/s, {:.0} µs Herald CPU each",
+                "    broadcast {:.0} deliveries/s, {:.0} µs Herald CPU each, {:.0} µs PostgreSQL",
                 r.broadcast.rate,
-                r.broadcast.herald_cpu_us.unwrap_or(f64::NAN)
+                r.broadcast.herald_cpu_us.unwrap_or(f64::NAN),
+                r.broadcast.db_cpu_us.unwrap_or(f64::NAN)
             );
             r.users = phase_users(
                 c,
@@ -1463,9 +1499,10 @@ async fn pg_run(
             )
             .await?;
             eprintln!(
-                "    per-user {:.0} deliveries/s, {:.0} µs Herald CPU each",
+                "    per-user {:.0} deliveries/s, {:.0} µs Herald CPU each, {:.0} µs PostgreSQL",
                 r.users.rate,
-                r.users.herald_cpu_us.unwrap_or(f64::NAN)
+                r.users.herald_cpu_us.unwrap_or(f64::NAN),
+                r.users.db_cpu_us.unwrap_or(f64::NAN)
             );
             anyhow::Ok(())
         }
@@ -2133,6 +2170,14 @@ fn report(
                     "µs",
                     rs.iter()
                         .map(|r| r.users.herald_cpu_us.unwrap_or(f64::NAN))
+                        .collect(),
+                    None,
+                );
+                t.row(
+                    &format!("{k} instance(s): per-user PostgreSQL server CPU per delivery"),
+                    "µs",
+                    rs.iter()
+                        .map(|r| r.users.db_cpu_us.unwrap_or(f64::NAN))
                         .collect(),
                     None,
                 );
