@@ -106,6 +106,14 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// A store's writer task has stopped taking work: the store is being
+    /// dropped, so a request that still reaches it cannot be stored.
+    fn shutting_down() -> Self {
+        StoreError::Corrupt("the store is shutting down".into())
+    }
+}
+
 /// Decodes a row into one of the shared row types. Both backends' schemas
 /// name and type these columns alike, so one derive serves both; like
 /// `Row::get`, a row that does not match the schema is a bug and panics.

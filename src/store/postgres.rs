@@ -479,8 +479,9 @@ impl PgStore {
         window_ms: i64,
     ) -> Result<Accepted> {
         let Some(key) = idempotency_key else {
-            // One statement, so one round trip and its own transaction: the
-            // common send costs no BEGIN and COMMIT of its own.
+            // No BEGIN and COMMIT of its own: a send to one user shares one
+            // statement with the others waiting ([`user_send_loop`]), any
+            // other send is one statement.
             let deliveries = match &n.recipients {
                 Recipients::User(_) => self.store_user_send(n).await?,
                 _ => store_one(&self.pool, n).await?,
@@ -545,14 +546,16 @@ impl PgStore {
 
     /// Stores a send to one user together with the others waiting.
     async fn store_user_send(&self, n: &NewNotification) -> Result<u64> {
-        let closed = || StoreError::Corrupt("the store is shutting down".into());
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = UserSend {
             notification: n.clone(),
             reply,
         };
-        self.user_sends.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.user_sends
+            .send(job)
+            .await
+            .map_err(|_| StoreError::shutting_down())?;
+        answer.await.map_err(|_| StoreError::shutting_down())?
     }
 
     pub async fn notification_get(

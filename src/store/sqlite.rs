@@ -472,9 +472,11 @@ impl SqliteStore {
         job: WriteJob,
         answer: tokio::sync::oneshot::Receiver<Result<T>>,
     ) -> Result<T> {
-        let closed = || StoreError::Corrupt("the store is shutting down".into());
-        self.writes.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.writes
+            .send(job)
+            .await
+            .map_err(|_| StoreError::shutting_down())?;
+        answer.await.map_err(|_| StoreError::shutting_down())?
     }
 
     pub async fn notification_get(
