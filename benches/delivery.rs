@@ -371,12 +371,30 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// What CPU accounting reads from `/proc/<pid>/stat`; times in clock ticks.
+struct ProcStat {
+    ppid: u32,
+    /// utime + stime of the process (all its threads).
+    own: u64,
+    /// cutime + cstime: its children that exited and were waited for.
+    reaped: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces and parens.
+    let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+    let n = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(ProcStat {
+        ppid: n(1)? as u32,
+        own: n(11)? + n(12)?,
+        reaped: n(13)? + n(14)?,
+    })
+}
+
 /// utime + stime of a process (all its threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    proc_stat(pid).map(|p| p.own)
 }
 
 /// A `Vm*` line of /proc/<pid>/status, in MiB.
@@ -1218,41 +1236,17 @@ impl DbCpu {
     }
     fn ticks(&self) -> Option<u64> {
         let pm = self.postmaster?;
-        let mut total = stat_fields(pm)?.iter().take(4).sum::<u64>();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if parent_of(pid) == Some(pm) {
-                total += cpu_ticks(pid).unwrap_or(0);
-            }
-        }
-        Some(total)
+        let server = proc_stat(pm)?;
+        let children: u64 = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(proc_stat)
+            .filter(|p| p.ppid == pm)
+            .map(|p| p.own)
+            .sum();
+        Some(server.own + server.reaped + children)
     }
-}
-
-/// utime, stime, cutime and cstime of a process, in clock ticks.
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|v| v.parse().ok())
-        .collect()
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The postmaster of the server at `admin_url`: the parent of a backend.
@@ -1263,7 +1257,7 @@ async fn pg_server(admin_url: &str) -> anyhow::Result<DbCpu> {
         .await?;
     conn.close().await?;
     Ok(DbCpu {
-        postmaster: parent_of(backend as u32),
+        postmaster: proc_stat(backend as u32).map(|p| p.ppid),
     })
 }
 
