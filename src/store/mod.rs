@@ -102,17 +102,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store's writer task is gone while a handle still sends to it:
+    /// it panicked, or the runtime is shutting down. Nothing was stored.
+    #[error("the store's writer has stopped")]
+    WriterStopped,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-impl StoreError {
-    /// A store's writer task has stopped taking work: the store is being
-    /// dropped, so a request that still reaches it cannot be stored.
-    fn shutting_down() -> Self {
-        StoreError::Corrupt("the store is shutting down".into())
-    }
-}
 
 /// Decodes a row into one of the shared row types. Both backends' schemas
 /// name and type these columns alike, so one derive serves both; like

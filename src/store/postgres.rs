@@ -554,8 +554,8 @@ impl PgStore {
         self.user_sends
             .send(job)
             .await
-            .map_err(|_| StoreError::shutting_down())?;
-        answer.await.map_err(|_| StoreError::shutting_down())?
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     pub async fn notification_get(

@@ -475,8 +475,8 @@ impl SqliteStore {
         self.writes
             .send(job)
             .await
-            .map_err(|_| StoreError::shutting_down())?;
-        answer.await.map_err(|_| StoreError::shutting_down())?
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     pub async fn notification_get(
