@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use harness::pg::{admin_connection, PgSchema};
 use harness::{start, test_settings, use_postgres, Created, TestApp, ADMIN};
 use herald::domain::{new_id, now_millis, NewNotification, Recipients};
-use herald::store::Store;
+use herald::store::{Accepted, Store};
 use herald::{Application, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -574,6 +574,120 @@ async fn the_statement_timeout_bounds_a_blocked_statement() {
         started.elapsed()
     );
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+}
+
+/// A send to everyone or to a topic is stored in chunks of subscriptions,
+/// so that `statement_timeout` bounds each statement, not the size of an
+/// app's audience. Audiences below, above and at an exact multiple of the
+/// chunk get one delivery per subscription of their app, with and without
+/// an idempotency key.
+#[tokio::test]
+async fn sends_to_large_audiences_store_one_delivery_per_subscription() {
+    let schema = PgSchema::create().await;
+    let store = Store::connect(&schema.url(), 2, 10_000).await.unwrap();
+    let app = |id: &str| herald::store::AppRow {
+        id: id.into(),
+        name: id.into(),
+        contact: "mailto:a@example.com".into(),
+        api_key_hash: id.as_bytes().to_vec(),
+        vapid_public_key: "k".into(),
+        vapid_private_sealed: vec![1],
+        vapid_generation: 1,
+        max_concurrency: 0,
+        last_config_error: None,
+        last_config_error_at: None,
+        created_at: now_millis(),
+    };
+    store.app_insert(&app("big")).await.unwrap();
+    store.app_insert(&app("other")).await.unwrap();
+    // 45 000 subscriptions in "big", 40 000 of them (twice the chunk) in
+    // topic "news"; ids in an order unrelated to the rows' order. A few in
+    // "other", in the same topic.
+    let mut c = admin_connection().await;
+    sqlx::query(&format!("SET search_path = {}", schema.name))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    for (app_id, count) in [("big", 45_000), ("other", 300)] {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, app_id, user_id, endpoint, endpoint_host, vendor, p256dh, auth, content_encoding, created_at, updated_at)
+             SELECT md5($1 || i), $1, 'u' || i, 'https://fcm.googleapis.com/fcm/send/' || $1 || i, 'fcm.googleapis.com', 'fcm',
+                    '\\x04', '\\x00', 'aes128gcm', 0, 0
+             FROM generate_series(1, $2) i",
+        )
+        .bind(app_id)
+        .bind(count)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO subscription_topics (app_id, topic, subscription_id)
+             SELECT $1, 'news', md5($1 || i) FROM generate_series(1, least($2, 40000)) i",
+        )
+        .bind(app_id)
+        .bind(count)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    let send = |to: Recipients| NewNotification {
+        id: new_id(),
+        app_id: "big".into(),
+        recipients: to,
+        title: "t".into(),
+        payload: b"{}".to_vec(),
+        ttl_secs: 3600,
+        urgency: "normal".into(),
+        topic_key: None,
+        created_at: now_millis(),
+    };
+    let cases = [
+        (Recipients::All, None, 45_000),
+        (Recipients::Topic("news".into()), None, 40_000),
+        (Recipients::Topic("nobody".into()), None, 0),
+        (Recipients::All, Some("once"), 45_000),
+    ];
+    for (to, key, want) in cases {
+        let n = send(to.clone());
+        let accepted = store.notification_create(&n, key, 60_000).await.unwrap();
+        assert!(
+            matches!(accepted, Accepted::Created { deliveries, .. } if deliveries == want),
+            "{to:?}: {accepted:?}"
+        );
+        let (rows, subscriptions, other_apps): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT subscription_id), count(*) FILTER (WHERE app_id <> 'big')
+             FROM deliveries WHERE notification_id = $1",
+        )
+        .bind(&n.id)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(
+            (rows, subscriptions, other_apps),
+            (want as i64, want as i64, 0),
+            "{to:?}"
+        );
+    }
+    // The key's answer is replayed whole, and nothing more is stored.
+    let again = store
+        .notification_create(&send(Recipients::All), Some("once"), 60_000)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            again,
+            Accepted::Replayed {
+                deliveries: 45_000,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(total, 45_000 + 40_000 + 45_000);
 }
 
 /// A claim runs many times a second. With a long history of finished

@@ -17,6 +17,10 @@
 //!   arrive together are stored by one statement (see [`user_send_loop`]):
 //!   one synced commit and one fan-out for the batch, instead of a statement,
 //!   a commit and a busy backend per send.
+//! - A send to everyone or to a topic is stored in chunks of
+//!   subscriptions, one statement each, in one transaction (see
+//!   [`FAN_OUT_CHUNK`]): `statement_timeout` bounds a statement, and must
+//!   not bound the size of an app's audience.
 //! - Idempotency keys are claimed with `INSERT … ON CONFLICT`: the primary key
 //!   decides between two instances racing on one key, and the loser replays the
 //!   winner's answer.
@@ -524,10 +528,7 @@ impl PgStore {
                 deliveries: deliveries as u64,
             });
         }
-        let deliveries = store_notification(n)
-            .build_query_scalar::<i64>()
-            .fetch_one(&mut *tx)
-            .await? as u64;
+        let deliveries = store_notification(&mut tx, n).await?;
         sqlx::query("UPDATE idempotency_keys SET deliveries = $1 WHERE app_id = $2 AND key = $3")
             .bind(deliveries as i64)
             .bind(&n.app_id)
@@ -1030,25 +1031,68 @@ async fn store_together(
     Ok(rows.into_iter().collect())
 }
 
-/// Stores one notification with its fan-out; answers its number of deliveries.
+/// Stores one notification with its fan-out; answers its number of
+/// deliveries. A fan-out that may take several statements
+/// ([`store_notification`]) gets a transaction of its own.
 async fn store_one(pool: &PgPool, n: &NewNotification) -> Result<u64> {
-    Ok(store_notification(n)
-        .build_query_scalar::<i64>()
-        .fetch_one(pool)
-        .await? as u64)
+    if !fans_out_in_chunks(n) {
+        return store_notification(&mut *pool.acquire().await?, n).await;
+    }
+    let mut tx = pool.begin().await?;
+    let deliveries = store_notification(&mut tx, n).await?;
+    tx.commit().await?;
+    Ok(deliveries)
 }
 
-/// Stores a notification and its fan-out ([`push_fan_out`]) in one statement
-/// that answers with the number of deliveries. The deliveries' foreign key to
-/// the notification is checked at the end of the statement, when both exist.
-fn store_notification(n: &NewNotification) -> QueryBuilder<'_, Postgres> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new("WITH stored AS (INSERT INTO ");
-    q.push(NOTIFICATION_COLUMNS).push(" VALUES (");
-    push_notification_row(&mut q.separated(", "), n);
-    q.push(")), fanned AS (");
-    push_fan_out(&mut q, n);
-    q.push(" RETURNING 1) SELECT count(*) FROM fanned");
-    q
+/// Most deliveries one statement of a send to everyone or to a topic
+/// stores. Such a send is stored by as many statements as its audience
+/// needs, so `statement_timeout` bounds each statement, not the size of an
+/// app's audience: on the development machine one statement for a million
+/// subscriptions ran past the default 10 s, and the send failed. A
+/// statement of this many takes a fraction of a second there.
+const FAN_OUT_CHUNK: i64 = 20_000;
+
+/// Whether `n`'s audience can be larger than a request names.
+fn fans_out_in_chunks(n: &NewNotification) -> bool {
+    matches!(n.recipients, Recipients::All | Recipients::Topic(_))
+}
+
+/// Stores a notification and its fan-out ([`push_fan_out`]); answers the
+/// number of deliveries. The first statement stores the notification too:
+/// the deliveries' foreign key to it is checked at the end of the
+/// statement, when both exist. A send to everyone or to a topic goes on in
+/// chunks of [`FAN_OUT_CHUNK`] subscriptions in id order, each starting
+/// after the last id of the one before, and needs the caller's transaction
+/// so that it is stored whole or not at all; any other send is one
+/// statement.
+async fn store_notification(conn: &mut PgConnection, n: &NewNotification) -> Result<u64> {
+    let chunked = fans_out_in_chunks(n);
+    let mut stored = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new("WITH ");
+        if after.is_none() {
+            q.push("stored AS (INSERT INTO ");
+            q.push(NOTIFICATION_COLUMNS).push(" VALUES (");
+            push_notification_row(&mut q.separated(", "), n);
+            q.push(")), ");
+        }
+        q.push("fanned AS (");
+        push_fan_out(&mut q, n);
+        if chunked {
+            q.push(" AND s.id > ")
+                .push_bind(after.clone().unwrap_or_default())
+                .push(" ORDER BY s.id LIMIT ")
+                .push_bind(FAN_OUT_CHUNK);
+        }
+        q.push(" RETURNING subscription_id) SELECT count(*), max(subscription_id) FROM fanned");
+        let (count, last): (i64, Option<String>) = q.build_query_as().fetch_one(&mut *conn).await?;
+        stored += count as u64;
+        match last {
+            Some(last) if chunked && count == FAN_OUT_CHUNK => after = Some(last),
+            _ => return Ok(stored),
+        }
+    }
 }
 
 /// One listening session: returns `Ok` when stopped, `Err` when the
