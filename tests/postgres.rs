@@ -532,23 +532,28 @@ fn herald_migrate_creates_the_postgres_schema() {
     assert!(again.status.success());
 }
 
+/// An app row stored directly, for tests of the store alone.
+fn app_row(id: &str, max_concurrency: i64) -> herald::store::AppRow {
+    herald::store::AppRow {
+        id: id.into(),
+        name: id.into(),
+        contact: "mailto:a@example.com".into(),
+        api_key_hash: id.as_bytes().to_vec(),
+        vapid_public_key: "k".into(),
+        vapid_private_sealed: vec![1],
+        vapid_generation: 1,
+        max_concurrency,
+        last_config_error: None,
+        last_config_error_at: None,
+        created_at: now_millis(),
+    }
+}
+
 #[tokio::test]
 async fn the_statement_timeout_bounds_a_blocked_statement() {
     let schema = PgSchema::create().await;
     let store = Store::connect(&schema.url(), 2, 300).await.unwrap();
-    let app = herald::store::AppRow {
-        id: new_id(),
-        name: "a".into(),
-        contact: "mailto:a@example.com".into(),
-        api_key_hash: vec![1],
-        vapid_public_key: "k".into(),
-        vapid_private_sealed: vec![1],
-        vapid_generation: 1,
-        max_concurrency: 1,
-        last_config_error: None,
-        last_config_error_at: None,
-        created_at: now_millis(),
-    };
+    let app = app_row(&new_id(), 1);
     store.app_insert(&app).await.unwrap();
     // Another session holds the app row.
     let mut blocker = admin_connection().await;
@@ -585,21 +590,8 @@ async fn the_statement_timeout_bounds_a_blocked_statement() {
 async fn sends_to_large_audiences_store_one_delivery_per_subscription() {
     let schema = PgSchema::create().await;
     let store = Store::connect(&schema.url(), 2, 10_000).await.unwrap();
-    let app = |id: &str| herald::store::AppRow {
-        id: id.into(),
-        name: id.into(),
-        contact: "mailto:a@example.com".into(),
-        api_key_hash: id.as_bytes().to_vec(),
-        vapid_public_key: "k".into(),
-        vapid_private_sealed: vec![1],
-        vapid_generation: 1,
-        max_concurrency: 0,
-        last_config_error: None,
-        last_config_error_at: None,
-        created_at: now_millis(),
-    };
-    store.app_insert(&app("big")).await.unwrap();
-    store.app_insert(&app("other")).await.unwrap();
+    store.app_insert(&app_row("big", 0)).await.unwrap();
+    store.app_insert(&app_row("other", 0)).await.unwrap();
     // 45 000 subscriptions in "big", 40 000 of them (twice the chunk) in
     // topic "news"; ids in an order unrelated to the rows' order. A few in
     // "other", in the same topic.
