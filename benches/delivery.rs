@@ -1008,6 +1008,39 @@ async fn phase_users(
     let th0 = threads_of(pids);
     let me0 = c.cpu.total(&[std::process::id()]);
     let t0 = Instant::now();
+    let mut took = drive_user_sends(bases, app, users).await?;
+    let me1 = c.cpu.total(&[std::process::id()]);
+    let end = sink.wait_count(c0 + n, Duration::from_secs(600)).await?;
+    let s1 = c.cpu.total(&[sink.pid]);
+    let sink_n = sink.count().await? - c0;
+    drained(c, bases, Duration::from_secs(120)).await?;
+    let (h1, d1) = (c.cpu.total(pids), db.ticks());
+    let th1 = threads_of(pids);
+    let extra_pushes = (sink.count().await? - c0).saturating_sub(n);
+    took.sort_by(f64::total_cmp);
+    Ok(Throughput {
+        extra_pushes,
+        threads: threads_per_item(&c.cpu, &th0, &th1, n),
+        driver_cpu_us: c.cpu.per_item_us(me1 - me0, n),
+        accept_ms: percentile(&took, 50.0),
+        rate: n as f64 / (end - t0).as_secs_f64(),
+        herald_cpu_us: c.cpu.per_item_us(h1 - h0, n),
+        sink_cpu_us: c.cpu.per_item_us(s1 - s0, sink_n),
+        db_cpu_us: d1
+            .zip(d0)
+            .and_then(|(a, b)| c.cpu.per_item_us(a.saturating_sub(b), n)),
+        api_p50_ms: Some(percentile(&took, 50.0)),
+        api_p99_ms: Some(percentile(&took, 99.0)),
+    })
+}
+
+/// Sends once to each of `users` from [`CLIENTS`] concurrent clients, in
+/// turn over the instances; answers each call's time to its 202 in ms.
+async fn drive_user_sends(
+    bases: &[String],
+    app: &Arc<Seeded>,
+    users: &[BenchSub],
+) -> anyhow::Result<Vec<f64>> {
     let next = Arc::new(AtomicUsize::new(0));
     let users: Arc<Vec<String>> = Arc::new(users.iter().map(|s| s.user.clone()).collect());
     let mut tasks = Vec::new();
@@ -1034,28 +1067,41 @@ async fn phase_users(
     for t in tasks {
         took.extend(t.await??);
     }
-    let me1 = c.cpu.total(&[std::process::id()]);
-    let end = sink.wait_count(c0 + n, Duration::from_secs(600)).await?;
-    let s1 = c.cpu.total(&[sink.pid]);
-    let sink_n = sink.count().await? - c0;
-    drained(c, bases, Duration::from_secs(120)).await?;
-    let (h1, d1) = (c.cpu.total(pids), db.ticks());
-    let th1 = threads_of(pids);
-    let extra_pushes = (sink.count().await? - c0).saturating_sub(n);
+    Ok(took)
+}
+
+/// The per-user sends again, to the app paused (`max_concurrency: 0`):
+/// each is stored and answered but not sent, so Herald's CPU per send is
+/// that of the API and the storage alone, the part of a per-user delivery
+/// that a broadcast's deliveries share out. The queue is cleared after.
+async fn phase_paused_users(
+    c: &Arc<Common>,
+    h: &Herald,
+    app: &Arc<Seeded>,
+    users: &[BenchSub],
+) -> anyhow::Result<Throughput> {
+    let n = users.len() as u64;
+    patch_concurrency(c, &h.base, app, 0).await?;
+    let pids = [h.pid];
+    let h0 = c.cpu.total(&pids);
+    let th0 = threads_of(&pids);
+    let me0 = c.cpu.total(&[std::process::id()]);
+    let t0 = Instant::now();
+    let mut took = drive_user_sends(std::slice::from_ref(&h.base), app, users).await?;
+    let elapsed = t0.elapsed();
+    let (h1, me1) = (c.cpu.total(&pids), c.cpu.total(&[std::process::id()]));
+    let th1 = threads_of(&pids);
+    clear_queue_and_resume(c, h, app).await?;
     took.sort_by(f64::total_cmp);
     Ok(Throughput {
-        extra_pushes,
         threads: threads_per_item(&c.cpu, &th0, &th1, n),
         driver_cpu_us: c.cpu.per_item_us(me1 - me0, n),
         accept_ms: percentile(&took, 50.0),
-        rate: n as f64 / (end - t0).as_secs_f64(),
+        rate: n as f64 / elapsed.as_secs_f64(),
         herald_cpu_us: c.cpu.per_item_us(h1 - h0, n),
-        sink_cpu_us: c.cpu.per_item_us(s1 - s0, sink_n),
-        db_cpu_us: d1
-            .zip(d0)
-            .and_then(|(a, b)| c.cpu.per_item_us(a.saturating_sub(b), n)),
         api_p50_ms: Some(percentile(&took, 50.0)),
         api_p99_ms: Some(percentile(&took, 99.0)),
+        ..Throughput::default()
     })
 }
 
@@ -1124,6 +1170,12 @@ async fn phase_pending(c: &Common, h: &Herald, app: &Seeded, n: u64) -> anyhow::
     tokio::time::sleep(Duration::from_millis(500)).await;
     p.rss_mib = vm_mib(h.pid, "VmRSS");
     p.hwm_mib = vm_mib(h.pid, "VmHWM");
+    clear_queue_and_resume(c, h, app).await?;
+    Ok(p)
+}
+
+/// Empties the app's queue and gives it back its default concurrency.
+async fn clear_queue_and_resume(c: &Common, h: &Herald, app: &Seeded) -> anyhow::Result<()> {
     let (status, answer) = call(
         c,
         reqwest::Method::DELETE,
@@ -1141,8 +1193,7 @@ async fn phase_pending(c: &Common, h: &Herald, app: &Seeded, n: u64) -> anyhow::
         app,
         herald::Settings::default().app_concurrency as i64,
     )
-    .await?;
-    Ok(p)
+    .await
 }
 
 #[derive(Debug, Default, Clone)]
@@ -1269,6 +1320,7 @@ struct SqliteRun {
     rss_start: Option<f64>,
     broadcast: Throughput,
     users: Throughput,
+    paused_users: Throughput,
     latency: Latency,
     rss_idle: Option<f64>,
     pending: Option<Pending>,
@@ -1353,6 +1405,14 @@ async fn sqlite_run(
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     r.rss_idle = vm_mib(h.pid, "VmRSS");
+
+    eprintln!("  {} per-user sends to the app paused", o.user_sends);
+    r.paused_users = phase_paused_users(c, &h, app, &s.subs[..o.user_sends]).await?;
+    eprintln!(
+        "    {:.0} sends/s stored, {:.0} µs CPU each",
+        r.paused_users.rate,
+        r.paused_users.herald_cpu_us.unwrap_or(f64::NAN)
+    );
 
     if run <= o.pending_runs {
         eprintln!("  {PENDING_BROADCASTS} broadcasts pending while paused");
@@ -1948,6 +2008,23 @@ fn report(
         "ms",
         col(&|r| r.users.api_p99_ms),
         None,
+    );
+    t.row(
+        "the same sends to the app paused (stored, not sent): sends/s",
+        "/s",
+        col(&|r| Some(r.paused_users.rate)),
+        None,
+    );
+    t.row(
+        "paused: Herald CPU per send (API and storage alone)",
+        "µs",
+        col(&|r| r.paused_users.herald_cpu_us),
+        None,
+    );
+    thread_rows(
+        &mut t,
+        "paused",
+        &runs.iter().map(|r| &r.paused_users).collect::<Vec<_>>(),
     );
     let p50 = t.row(
         &format!(
