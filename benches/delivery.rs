@@ -952,6 +952,71 @@ struct Throughput {
     extra_pushes: u64,
 }
 
+/// Readings taken as a phase that delivers starts, for
+/// [`DeliveryMeter::finish`] to measure the phase against.
+struct DeliveryMeter {
+    sink_count: u64,
+    herald: u64,
+    sink: u64,
+    db: Option<u64>,
+    threads: BTreeMap<String, u64>,
+    started: Instant,
+}
+
+impl DeliveryMeter {
+    async fn start(
+        c: &Common,
+        sink: &mut SinkProc,
+        pids: &[u32],
+        db: &DbCpu,
+    ) -> anyhow::Result<Self> {
+        Ok(DeliveryMeter {
+            sink_count: sink.count().await?,
+            herald: c.cpu.total(pids),
+            sink: c.cpu.total(&[sink.pid]),
+            db: db.ticks(),
+            threads: threads_of(pids),
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for `n` pushes to arrive at the sink and for the queue to
+    /// drain, then gives the figures every phase that delivers has: the
+    /// rate up to the last arrival, CPU per delivery (Herald's, by thread
+    /// kind, the sink's and the database server's) and pushes beyond one
+    /// per delivery.
+    async fn finish(
+        self,
+        c: &Common,
+        sink: &mut SinkProc,
+        pids: &[u32],
+        db: &DbCpu,
+        bases: &[String],
+        n: u64,
+    ) -> anyhow::Result<Throughput> {
+        let end = sink
+            .wait_count(self.sink_count + n, Duration::from_secs(600))
+            .await?;
+        let sink_cpu = c.cpu.total(&[sink.pid]);
+        let sink_n = sink.count().await? - self.sink_count;
+        drained(c, bases, Duration::from_secs(120)).await?;
+        let (herald, db_ticks) = (c.cpu.total(pids), db.ticks());
+        let threads = threads_of(pids);
+        let extra_pushes = (sink.count().await? - self.sink_count).saturating_sub(n);
+        Ok(Throughput {
+            extra_pushes,
+            threads: threads_per_item(&c.cpu, &self.threads, &threads, n),
+            rate: n as f64 / (end - self.started).as_secs_f64(),
+            herald_cpu_us: c.cpu.per_item_us(herald - self.herald, n),
+            sink_cpu_us: c.cpu.per_item_us(sink_cpu - self.sink, sink_n),
+            db_cpu_us: db_ticks
+                .zip(self.db)
+                .and_then(|(a, b)| c.cpu.per_item_us(a.saturating_sub(b), n)),
+            ..Default::default()
+        })
+    }
+}
+
 /// One broadcast to every subscription, through `bases[0]`.
 async fn phase_broadcast(
     c: &Common,
@@ -962,32 +1027,14 @@ async fn phase_broadcast(
     app: &Seeded,
     n: u64,
 ) -> anyhow::Result<Throughput> {
-    let c0 = sink.count().await?;
-    let (h0, s0, d0) = (c.cpu.total(pids), c.cpu.total(&[sink.pid]), db.ticks());
-    let th0 = threads_of(pids);
-    let t0 = Instant::now();
+    let meter = DeliveryMeter::start(c, sink, pids, db).await?;
     let (accept, queued) = send(c, &bases[0], app, broadcast_body()).await?;
     if queued != n {
         bail!("the broadcast queued {queued} deliveries, expected {n}");
     }
-    let end = sink.wait_count(c0 + n, Duration::from_secs(600)).await?;
-    let s1 = c.cpu.total(&[sink.pid]);
-    let sink_n = sink.count().await? - c0;
-    drained(c, bases, Duration::from_secs(120)).await?;
-    let (h1, d1) = (c.cpu.total(pids), db.ticks());
-    let th1 = threads_of(pids);
-    let extra_pushes = (sink.count().await? - c0).saturating_sub(n);
     Ok(Throughput {
-        extra_pushes,
         accept_ms: ms(accept),
-        threads: threads_per_item(&c.cpu, &th0, &th1, n),
-        rate: n as f64 / (end - t0).as_secs_f64(),
-        herald_cpu_us: c.cpu.per_item_us(h1 - h0, n),
-        sink_cpu_us: c.cpu.per_item_us(s1 - s0, sink_n),
-        db_cpu_us: d1
-            .zip(d0)
-            .and_then(|(a, b)| c.cpu.per_item_us(a.saturating_sub(b), n)),
-        ..Default::default()
+        ..meter.finish(c, sink, pids, db, bases, n).await?
     })
 }
 
@@ -1003,34 +1050,18 @@ async fn phase_users(
     users: &[BenchSub],
 ) -> anyhow::Result<Throughput> {
     let n = users.len() as u64;
-    let c0 = sink.count().await?;
-    let (h0, s0, d0) = (c.cpu.total(pids), c.cpu.total(&[sink.pid]), db.ticks());
-    let th0 = threads_of(pids);
+    let meter = DeliveryMeter::start(c, sink, pids, db).await?;
     let me0 = c.cpu.total(&[std::process::id()]);
-    let t0 = Instant::now();
     let mut took = drive_user_sends(bases, app, users).await?;
     let me1 = c.cpu.total(&[std::process::id()]);
-    let end = sink.wait_count(c0 + n, Duration::from_secs(600)).await?;
-    let s1 = c.cpu.total(&[sink.pid]);
-    let sink_n = sink.count().await? - c0;
-    drained(c, bases, Duration::from_secs(120)).await?;
-    let (h1, d1) = (c.cpu.total(pids), db.ticks());
-    let th1 = threads_of(pids);
-    let extra_pushes = (sink.count().await? - c0).saturating_sub(n);
+    let delivered = meter.finish(c, sink, pids, db, bases, n).await?;
     took.sort_by(f64::total_cmp);
     Ok(Throughput {
-        extra_pushes,
-        threads: threads_per_item(&c.cpu, &th0, &th1, n),
         driver_cpu_us: c.cpu.per_item_us(me1 - me0, n),
         accept_ms: percentile(&took, 50.0),
-        rate: n as f64 / (end - t0).as_secs_f64(),
-        herald_cpu_us: c.cpu.per_item_us(h1 - h0, n),
-        sink_cpu_us: c.cpu.per_item_us(s1 - s0, sink_n),
-        db_cpu_us: d1
-            .zip(d0)
-            .and_then(|(a, b)| c.cpu.per_item_us(a.saturating_sub(b), n)),
         api_p50_ms: Some(percentile(&took, 50.0)),
         api_p99_ms: Some(percentile(&took, 99.0)),
+        ..delivered
     })
 }
 
@@ -1072,8 +1103,9 @@ async fn drive_user_sends(
 
 /// The per-user sends again, to the app paused (`max_concurrency: 0`):
 /// each is stored and answered but not sent, so Herald's CPU per send is
-/// that of the API and the storage alone, the part of a per-user delivery
-/// that a broadcast's deliveries share out. The queue is cleared after.
+/// that of the API call and the storage alone: the part of a per-user
+/// delivery that a broadcast's deliveries share one call for. The queue is
+/// cleared after.
 async fn phase_paused_users(
     c: &Arc<Common>,
     h: &Herald,
