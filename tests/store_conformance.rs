@@ -1719,11 +1719,12 @@ async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
     sub(store, &app, "bob").await;
     let intake = FakeIntake::attach(store, 100);
     assert!(store.wakes_queue());
-    let sends = send_to_users(store, &app, &["ann", "bob", "cy"]).await;
+    // Two of them to bob, in the same batch: each of his devices gets both.
+    let sends = send_to_users(store, &app, &["ann", "bob", "cy", "bob"]).await;
 
-    // All four deliveries went to the queue, leased, with what a claim gives.
+    // All six deliveries went to the queue, leased, with what a claim gives.
     let started = intake.started();
-    assert_eq!(started.len(), 4);
+    assert_eq!(started.len(), 6);
     assert_eq!(
         intake.wakes.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -1739,12 +1740,34 @@ async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
         assert_eq!(c.notice.payload, n.payload);
         assert_eq!(c.notice.topic_key, n.topic_key);
         assert_eq!(c.notice.contact, app.contact);
+        assert_eq!(c.notice.vapid_generation, app.vapid_generation);
         let target = c.target.as_ref().expect("the subscription's target");
+        let subscription = store
+            .subscription_get(&app.id, &c.subscription_id)
+            .await
+            .unwrap()
+            .expect("the delivery's subscription");
+        let Recipients::User(user) = &n.recipients else {
+            unreachable!("sent to users")
+        };
+        assert_eq!(&subscription.user_id, user, "a device of the user sent to");
+        assert_eq!(
+            target.endpoint, subscription.endpoint,
+            "its own device's endpoint"
+        );
         assert_eq!(target.p256dh, vec![4; 65]);
         assert_eq!(target.auth, vec![7; 16]);
+        assert_eq!(target.content_encoding, subscription.content_encoding);
         let row = status_of(store, &app, c.id).await;
         assert_eq!(row.status, "in_flight");
     }
+    let mut pairs: Vec<_> = started
+        .iter()
+        .map(|c| (&c.notification_id, &c.subscription_id))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), 6, "one delivery per send and device");
     // A claim does not take them again while their lease runs.
     assert!(store
         .deliveries_claim(now(), now() + 60_000, 100)
@@ -1761,7 +1784,7 @@ async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
         rows(store, &app, Some(DeliveryStatus::Delivered))
             .await
             .len(),
-        4
+        6
     );
 }
 

@@ -119,7 +119,8 @@ const QUEUED: &str = "('pending', 'in_flight')";
 /// What a claim returns per delivery, by position (see [`claimed_row`]): the
 /// row and its subscription's target, read by the claiming statement itself
 /// so a claim is one statement per app and not a second query over the ids.
-/// The insert that leases sends to users as it stores them returns the same.
+/// The insert that leases sends to users as it stores them returns the
+/// first ten, and reads the targets apart (see [`push_targets_of_users`]).
 macro_rules! claim_returning {
     () => {
         " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
@@ -893,16 +894,31 @@ async fn accept_to_users<'a>(
             .push(")) FROM apps a WHERE a.id = ")
             .push_bind(app_id)
             .push("), 0) AS take)");
-        q.push(claim_returning!());
-        q.push(
-            ", status = 'in_flight',
-             (SELECT vapid_generation FROM apps a WHERE a.id = deliveries.app_id),
-             (SELECT contact FROM apps a WHERE a.id = deliveries.app_id)",
-        );
+        q.push(LEASED_RETURNING);
+        if reserved.is_some() {
+            push_targets_of_users(&mut q, app_id, chunk);
+        }
         if commits {
             q.push("; COMMIT");
         }
         let rows = q.build().fetch_all(&mut *conn).await?;
+        // The insert's rows, then the targets' (see `push_targets_of_users`).
+        let (targets, rows): (Vec<&SqliteRow>, Vec<&SqliteRow>) =
+            rows.iter().partition(|r| r.len() == TARGET_COLUMNS);
+        let mut app: Option<(i64, String)> = None;
+        let targets: HashMap<String, Target> = targets
+            .into_iter()
+            .map(|r| {
+                app.get_or_insert_with(|| (r.get(5), r.get(6)));
+                let target = Target {
+                    endpoint: r.get(1),
+                    p256dh: r.get(2),
+                    auth: r.get(3),
+                    content_encoding: r.get(4),
+                };
+                (r.get(0), target)
+            })
+            .collect();
 
         deliveries.extend(chunk.iter().map(|(n, _)| (n.id.as_str(), 0)));
         let by_id: HashMap<&str, &NewNotification> = match reserved {
@@ -911,17 +927,29 @@ async fn accept_to_users<'a>(
         };
         let mut notices: HashMap<&str, Arc<Notice>> = HashMap::new();
         let started_before = stored.started.len();
-        for r in &rows {
+        for r in rows {
             let notification_id: &str = r.get(4);
             let Some((key, count)) = deliveries.get_key_value(notification_id) else {
                 continue;
             };
             let key: &'a str = key;
             *deliveries.get_mut(key).expect("present") = count + 1;
-            if !r.get::<bool, _>(14) {
+            if !r.get::<bool, _>(10) {
                 stored.waiting += 1;
                 continue;
             }
+            // Read in the same transaction as the insert that joined it, so
+            // it is there; were it not, the lease would run out and a claim
+            // would take the delivery.
+            let (Some(target), Some((generation, contact))) =
+                (targets.get(r.get::<&str, _>(5)), &app)
+            else {
+                tracing::warn!(
+                    notification = key,
+                    "a delivery stored without its subscription's target"
+                );
+                continue;
+            };
             let notice = notices.entry(key).or_insert_with(|| {
                 let n = by_id[key];
                 Arc::new(Notice {
@@ -929,13 +957,16 @@ async fn accept_to_users<'a>(
                     ttl_secs: i64::from(n.ttl_secs),
                     urgency: n.urgency.clone(),
                     topic_key: n.topic_key.clone(),
-                    vapid_generation: r.get(15),
-                    contact: r.get(16),
+                    vapid_generation: *generation,
+                    contact: contact.clone(),
                 })
             });
-            stored
-                .started
-                .push(claimed_row(r, key.to_string(), notice.clone()));
+            stored.started.push(claimed_delivery(
+                r,
+                key.to_string(),
+                notice.clone(),
+                Some(target.clone()),
+            ));
         }
         if let Some(r) = reserved {
             // Room for more than were leased goes back when the permits drop.
@@ -949,6 +980,47 @@ async fn accept_to_users<'a>(
 
 /// Room reserved per send to a user, for the devices it may have.
 const HANDOVER_PER_SEND: usize = 4;
+
+/// What the insert of [`accept_to_users`] returns per delivery: the
+/// delivery's own columns, as a claim returns them, and whether it was
+/// leased. Its subscription's target comes from [`push_targets_of_users`].
+const LEASED_RETURNING: &str = " RETURNING id, claims, attempts, app_id, notification_id,
+    subscription_id, vendor, without_topic, expires_at, created_at, status = 'in_flight'";
+
+/// The columns of a row of [`push_targets_of_users`]; the insert's rows
+/// have eleven.
+const TARGET_COLUMNS: usize = 7;
+
+/// Pushes the statement that reads the subscriptions of `sends`' users, with
+/// their app's key generation and contact: what the leased deliveries need
+/// to be sent. One lookup per subscription through the index by user, where
+/// reading each target in the insert's `RETURNING` took four lookups by id
+/// per delivery, and two of the app.
+fn push_targets_of_users<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    app_id: &'a str,
+    sends: &[(&'a NewNotification, &'a str)],
+) {
+    q.push(
+        "; SELECT s.id, s.endpoint, s.p256dh, s.auth, s.content_encoding, a.vapid_generation, a.contact
+         FROM (",
+    );
+    // Padding rows match no subscription.
+    q.push_values(padded(sends), |mut row, send| match send {
+        Some((_, user)) => {
+            row.push_bind(*user);
+        }
+        None => push_nulls(&mut row, 1),
+    });
+    // CROSS JOIN fixes the order SQLite joins in: left to its own choice,
+    // it may scan every subscription and look each up in the users.
+    q.push(
+        ") AS v CROSS JOIN subscriptions s CROSS JOIN apps a
+         WHERE s.app_id = ",
+    )
+    .push_bind(app_id)
+    .push(" AND s.user_id = v.column1 AND a.id = s.app_id");
+}
 
 fn accept_one<'a>(
     tx: &'a mut sqlx::SqliteConnection,
@@ -1509,6 +1581,23 @@ fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
 /// A row of a claim, by position (see `claim_returning!`).
 fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
     let endpoint: Option<String> = r.get(10);
+    let target = endpoint.map(|endpoint| Target {
+        endpoint,
+        p256dh: r.get(11),
+        auth: r.get(12),
+        content_encoding: r.get(13),
+    });
+    claimed_delivery(r, notification_id, notice, target)
+}
+
+/// The delivery's own columns of a claim's row (the first ten of
+/// `claim_returning!`, which [`LEASED_RETURNING`] shares), with its target.
+fn claimed_delivery(
+    r: &SqliteRow,
+    notification_id: String,
+    notice: Arc<Notice>,
+    target: Option<Target>,
+) -> Claimed {
     Claimed {
         id: r.get(0),
         claims: r.get(1),
@@ -1517,12 +1606,7 @@ fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> C
         notification_id,
         subscription_id: r.get(5),
         vendor: r.get(6),
-        target: endpoint.map(|endpoint| Target {
-            endpoint,
-            p256dh: r.get(11),
-            auth: r.get(12),
-            content_encoding: r.get(13),
-        }),
+        target,
         notice,
         without_topic: r.get::<i64, _>(7) != 0,
         expires_at: r.get(8),
