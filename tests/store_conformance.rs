@@ -102,6 +102,7 @@ conformance!(
     a_paused_app_is_never_claimed,
     claims_from_two_instances_share_max_concurrency_and_never_overlap,
     an_expired_lease_is_claimed_again,
+    a_claim_of_due_work_leaves_expired_leases_for_a_full_claim,
     the_outcome_of_a_stale_claim_changes_nothing,
     work_removed_while_claimed_stays_removed,
     every_disposition_is_recorded,
@@ -980,6 +981,44 @@ async fn an_expired_lease_is_claimed_again(db: &Db) {
         "an expired lease no longer counts and its delivery is claimed again"
     );
     assert_eq!((again[0].id, again[0].claims), (first[0].id, 2));
+}
+
+async fn a_claim_of_due_work_leaves_expired_leases_for_a_full_claim(db: &Db) {
+    let s = &db.store;
+    let t = now();
+    let a = app(s, 5).await;
+    sub(s, &a, "bo").await;
+    send(s, &a, Recipients::All, t - 1000).await;
+    let first = s.deliveries_claim(t, t + 100, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Its lease has run out; then a second send to bo is due.
+    send(s, &a, Recipients::All, t + 150).await;
+    assert_eq!(
+        s.queue_next_pending().await.unwrap(),
+        Some(t + 150),
+        "the next pending due time leaves the lease out"
+    );
+    assert_eq!(s.queue_next_due().await.unwrap(), Some(t + 100));
+
+    let due = s.deliveries_claim_due(t + 200, t + 5000, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the due send only");
+    assert_ne!(due[0].id, first[0].id);
+    assert_eq!(due[0].claims, 1);
+    assert!(
+        s.deliveries_claim_due(t + 200, t + 5000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an expired lease is not due work"
+    );
+    assert_eq!(s.queue_next_pending().await.unwrap(), None);
+
+    let again = s.deliveries_claim(t + 200, t + 5000, 10).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| (c.id, c.claims)).collect::<Vec<_>>(),
+        vec![(first[0].id, 2)],
+        "a full claim takes the expired lease again"
+    );
 }
 
 async fn the_outcome_of_a_stale_claim_changes_nothing(db: &Db) {

@@ -15,7 +15,10 @@
 //!   them over after the commit ([`Intake`]); it wakes the dispatcher only
 //!   for what did not fit.
 //! - At-least-once: a claim is a lease in the database. If this process dies,
-//!   the lease runs out and any worker claims the delivery again.
+//!   the lease runs out and any worker claims the delivery again. A busy
+//!   dispatcher looks for such leases about once a second
+//!   ([`LAPSED_LOOK_EVERY`]), an idle one whenever it claims: on PostgreSQL
+//!   the look costs a walk over index entries of finished deliveries.
 //! - A global limit (a semaphore of `concurrency` permits) bounds requests in
 //!   flight; per-app `max_concurrency` is enforced by the claim itself (and by
 //!   the store when it leases deliveries as it stores them).
@@ -44,6 +47,12 @@ type Finished = (Recorded, Option<String>, String, OwnedSemaphorePermit);
 
 /// Most outcomes written in one transaction.
 const RECORD_BATCH: usize = 1024;
+
+/// How often a busy dispatcher's claim also looks for leases that ran out.
+/// Between those looks it claims due pending work only, and sleeps no
+/// longer than until the next look. A lease that runs out is taken again
+/// within about this long (the lease itself is a minute by default).
+pub const LAPSED_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Queue {
@@ -140,6 +149,8 @@ impl Queue {
 
     async fn dispatch(&self, tx: mpsc::UnboundedSender<Finished>, stop: CancellationToken) {
         let q = &self.inner;
+        // When the next claim looks for leases that ran out as well.
+        let mut look_lapsed_at = 0;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -164,11 +175,21 @@ impl Queue {
             let recorded_before = q.batches_recorded.load(Ordering::SeqCst);
             let asked = permits.len();
             let now = now_millis();
-            let claimed = match q
-                .store
-                .deliveries_claim(now, now + q.lease.as_millis() as i64, permits.len() as u32)
-                .await
-            {
+            let lease_until = now + q.lease.as_millis() as i64;
+            let looked_lapsed = now >= look_lapsed_at;
+            let claimed = match looked_lapsed {
+                true => {
+                    q.store
+                        .deliveries_claim(now, lease_until, asked as u32)
+                        .await
+                }
+                false => {
+                    q.store
+                        .deliveries_claim_due(now, lease_until, asked as u32)
+                        .await
+                }
+            };
+            let claimed = match claimed {
                 Ok(c) => c,
                 Err(e) => {
                     drop(permits);
@@ -184,6 +205,9 @@ impl Queue {
             // apps had room for), so another one now would find nothing.
             // Work stored since has woken the dispatcher, and the sleep
             // ends at once.
+            if looked_lapsed {
+                look_lapsed_at = now + LAPSED_LOOK_EVERY.as_millis() as i64;
+            }
             let took_all = claimed.len() < asked;
             for c in claimed {
                 let permit = permits
@@ -193,16 +217,40 @@ impl Queue {
             }
             if took_all {
                 drop(permits);
-                self.sleep_until_due(&stop, recorded_before).await;
+                // After a claim that looked for lapsed leases, the sleep
+                // lasts until the next due time or lease expiry; after one
+                // that did not, at most until the next look.
+                let look_at = (!looked_lapsed).then_some(look_lapsed_at);
+                self.sleep_until_due(&stop, recorded_before, look_at).await;
             }
         }
     }
 
     /// `recorded_before` is the recorder's batch count read before the claim
-    /// that found nothing, or less than it asked for.
-    async fn sleep_until_due(&self, stop: &CancellationToken, recorded_before: u64) {
+    /// that found nothing, or less than it asked for. `look_lapsed_at` is
+    /// when the next claim looks for leases that ran out, if that claim did
+    /// not.
+    async fn sleep_until_due(
+        &self,
+        stop: &CancellationToken,
+        recorded_before: u64,
+        look_lapsed_at: Option<i64>,
+    ) {
         let q = &self.inner;
-        let next = match q.store.queue_next_due().await {
+        let next = match look_lapsed_at {
+            None => q.store.queue_next_due().await,
+            Some(at) => {
+                if at <= now_millis() {
+                    // The next claim looks for lapsed leases: no sleep.
+                    return;
+                }
+                q.store
+                    .queue_next_pending()
+                    .await
+                    .map(|due| Some(due.map_or(at, |due| due.min(at))))
+            }
+        };
+        let next = match next {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the next due time failed");

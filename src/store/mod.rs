@@ -434,10 +434,18 @@ delegate! {
     fn notification_get(&self, app_id: &str, id: &str) -> Result<Option<(NotificationRow, Vec<QueueRow>)>>;
     /// Leases up to `limit` due deliveries, honouring every app's `max_concurrency`.
     fn deliveries_claim(&self, now: Millis, lease_until: Millis, limit: u32) -> Result<Vec<Claimed>>;
+    /// As [`Store::deliveries_claim`], but due pending deliveries only: leases
+    /// that ran out are left for a claim that looks for them (on PostgreSQL,
+    /// looking walks the index entries of every delivery finished since the
+    /// last VACUUM).
+    fn deliveries_claim_due(&self, now: Millis, lease_until: Millis, limit: u32) -> Result<Vec<Claimed>>;
     fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()>;
     /// When the next claim could find work: the earliest due time or lease expiry
     /// among apps that are not paused.
     fn queue_next_due(&self) -> Result<Option<Millis>>;
+    /// The earliest due time of pending deliveries among apps that are not
+    /// paused; leases are left out.
+    fn queue_next_pending(&self) -> Result<Option<Millis>>;
     fn queue_list(&self, filter: &QueueFilter) -> Result<Vec<QueueRow>>;
     fn queue_counts(&self) -> Result<QueueCounts>;
     fn queue_due_count(&self, now: Millis) -> Result<u64>;

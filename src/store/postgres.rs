@@ -596,12 +596,33 @@ impl PgStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        // One round trip: `herald_claim` (migration 0002) locks each app with
-        // due work, counts its leases and claims within its room on the server.
-        let rows = sqlx::query("SELECT * FROM herald_claim($1, $2, $3)")
+        self.claim(now, lease_until, limit, true).await
+    }
+
+    pub async fn deliveries_claim_due(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(now, lease_until, limit, false).await
+    }
+
+    async fn claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        lapsed: bool,
+    ) -> Result<Vec<Claimed>> {
+        // One round trip: `herald_claim` (migrations 0002 and 0003) locks each
+        // app with due work, counts its leases and claims within its room on
+        // the server; leases that ran out too if `lapsed`.
+        let rows = sqlx::query("SELECT * FROM herald_claim($1, $2, $3, $4)")
             .bind(now)
             .bind(lease_until)
             .bind(limit as i64)
+            .bind(lapsed)
             .fetch_all(&self.queue)
             .await?;
         // Rows of one notification share one decoded `Notice`.
@@ -723,6 +744,16 @@ impl PgStore {
             self.announce();
         }
         Ok(())
+    }
+
+    pub async fn queue_next_pending(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min((SELECT next_attempt_at FROM deliveries WHERE app_id = a.id AND status = 'pending'
+                         ORDER BY next_attempt_at LIMIT 1))
+             FROM apps a WHERE a.max_concurrency > 0",
+        )
+        .fetch_one(&self.queue)
+        .await?)
     }
 
     pub async fn queue_next_due(&self) -> Result<Option<Millis>> {

@@ -519,7 +519,19 @@ impl SqliteStore {
     ) -> Result<Vec<Claimed>> {
         // Claims and outcome writes begin with [`RELAXED_BEGIN`].
         let mut conn = self.writer.acquire().await?;
-        let out = claim(&mut conn, now, lease_until, limit).await;
+        let out = claim(&mut conn, now, lease_until, limit, true).await;
+        restore_synced(conn).await;
+        out
+    }
+
+    pub async fn deliveries_claim_due(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let mut conn = self.writer.acquire().await?;
+        let out = claim(&mut conn, now, lease_until, limit, false).await;
         restore_synced(conn).await;
         out
     }
@@ -1110,6 +1122,7 @@ async fn claim(
     now: Millis,
     lease_until: Millis,
     limit: u32,
+    lapsed: bool,
 ) -> Result<Vec<Claimed>> {
     let mut tx = conn.begin_with(RELAXED_BEGIN).await?;
     // Room per app: max_concurrency minus its unexpired leases.
@@ -1132,7 +1145,11 @@ async fn claim(
         // Each statement reads its partial index in order, so a claim
         // costs the same with ten or a million deliveries waiting.
         let before = rows.len() as i64;
-        for statement in [CLAIM_EXPIRED_LEASES, CLAIM_DUE] {
+        let statements = match lapsed {
+            true => &[CLAIM_EXPIRED_LEASES, CLAIM_DUE][..],
+            false => &[CLAIM_DUE][..],
+        };
+        for statement in statements {
             let wanted = take - (rows.len() as i64 - before);
             if wanted <= 0 {
                 break;
@@ -1409,6 +1426,16 @@ async fn record_statements(
 }
 
 impl SqliteStore {
+    pub async fn queue_next_pending(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min((SELECT next_attempt_at FROM deliveries
+                         WHERE app_id = a.id AND status = 'pending' ORDER BY next_attempt_at LIMIT 1))
+             FROM apps a WHERE a.max_concurrency > 0",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
     pub async fn queue_next_due(&self) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
             // One index seek per app and state: a GROUP BY over the partial
