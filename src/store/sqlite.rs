@@ -1913,7 +1913,7 @@ mod tests {
             3
         );
 
-        let claimed = claim(&mut conn, now_millis(), now_millis() + 60_000, 10)
+        let claimed = claim(&mut conn, now_millis(), now_millis() + 60_000, 10, true)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
