@@ -8,9 +8,11 @@
 -- due pending work only; Herald's dispatcher asks for lapsed leases about
 -- once a second and whenever its queue goes idle.
 --
--- The three-argument form, which instances from before this migration call,
--- keeps looking every time.
-CREATE FUNCTION herald_claim(p_now BIGINT, p_lease_until BIGINT, p_budget BIGINT, p_lapsed BOOLEAN)
+-- `p_lapsed` defaults to true, so the three-argument call of instances from
+-- before this migration keeps looking every time.
+DROP FUNCTION herald_claim(BIGINT, BIGINT, BIGINT);
+
+CREATE FUNCTION herald_claim(p_now BIGINT, p_lease_until BIGINT, p_budget BIGINT, p_lapsed BOOLEAN DEFAULT true)
 RETURNS TABLE (
     id BIGINT, claims BIGINT, attempts BIGINT, app_id TEXT, notification_id TEXT,
     subscription_id TEXT, vendor TEXT, without_topic BOOLEAN, expires_at BIGINT,
@@ -82,16 +84,4 @@ BEGIN
         v_budget := v_budget - v_got;
     END LOOP;
 END
-$$;
-
-CREATE OR REPLACE FUNCTION herald_claim(p_now BIGINT, p_lease_until BIGINT, p_budget BIGINT)
-RETURNS TABLE (
-    id BIGINT, claims BIGINT, attempts BIGINT, app_id TEXT, notification_id TEXT,
-    subscription_id TEXT, vendor TEXT, without_topic BOOLEAN, expires_at BIGINT,
-    created_at BIGINT, payload BYTEA, ttl_secs BIGINT, urgency TEXT, topic_key TEXT,
-    vapid_generation BIGINT, contact TEXT, endpoint TEXT, p256dh BYTEA, auth BYTEA,
-    content_encoding TEXT
-)
-LANGUAGE sql VOLATILE AS $$
-    SELECT * FROM herald_claim(p_now, p_lease_until, p_budget, true)
 $$;

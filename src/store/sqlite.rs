@@ -517,11 +517,7 @@ impl SqliteStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        // Claims and outcome writes begin with [`RELAXED_BEGIN`].
-        let mut conn = self.writer.acquire().await?;
-        let out = claim(&mut conn, now, lease_until, limit, true).await;
-        restore_synced(conn).await;
-        out
+        self.claim(now, lease_until, limit, true).await
     }
 
     pub async fn deliveries_claim_due(
@@ -530,8 +526,19 @@ impl SqliteStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
+        self.claim(now, lease_until, limit, false).await
+    }
+
+    async fn claim(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        lapsed: bool,
+    ) -> Result<Vec<Claimed>> {
+        // Claims and outcome writes begin with [`RELAXED_BEGIN`].
         let mut conn = self.writer.acquire().await?;
-        let out = claim(&mut conn, now, lease_until, limit, false).await;
+        let out = claim(&mut conn, now, lease_until, limit, lapsed).await;
         restore_synced(conn).await;
         out
     }
@@ -917,20 +924,11 @@ async fn accept_to_users<'a>(
         // The insert's rows, then the targets' (see `push_targets_of_users`).
         let (targets, rows): (Vec<&SqliteRow>, Vec<&SqliteRow>) =
             rows.iter().partition(|r| r.len() == TARGET_COLUMNS);
-        let mut app: Option<(i64, String)> = None;
-        let targets: HashMap<String, Target> = targets
-            .into_iter()
-            .map(|r| {
-                app.get_or_insert_with(|| (r.get(5), r.get(6)));
-                let target = Target {
-                    endpoint: r.get(1),
-                    p256dh: r.get(2),
-                    auth: r.get(3),
-                    content_encoding: r.get(4),
-                };
-                (r.get(0), target)
-            })
-            .collect();
+        // Decoded per delivery that uses one: a user sent to twice in the
+        // batch has each device's row used twice.
+        let app: Option<(i64, String)> = targets.first().map(|r| (r.get(5), r.get(6)));
+        let targets: HashMap<&str, &SqliteRow> =
+            targets.into_iter().map(|r| (r.get(0), r)).collect();
 
         deliveries.extend(chunk.iter().map(|(n, _)| (n.id.as_str(), 0)));
         let by_id: HashMap<&str, &NewNotification> = match reserved {
@@ -973,11 +971,17 @@ async fn accept_to_users<'a>(
                     contact: contact.clone(),
                 })
             });
+            let target = Target {
+                endpoint: target.get(1),
+                p256dh: target.get(2),
+                auth: target.get(3),
+                content_encoding: target.get(4),
+            };
             stored.started.push(claimed_delivery(
                 r,
                 key.to_string(),
                 notice.clone(),
-                Some(target.clone()),
+                Some(target),
             ));
         }
         if let Some(r) = reserved {
