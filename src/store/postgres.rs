@@ -3,7 +3,7 @@
 //!
 //! What changes against SQLite, and why:
 //! - A claim is one call of the server-side function `herald_claim`
-//!   (migration 0002). Per app with due work it locks the app row
+//!   (migrations 0002 – 0004). Per app with due work it locks the app row
 //!   (`FOR NO KEY UPDATE`, which does not block inserts referencing the app),
 //!   then counts the app's unexpired leases and claims at most the remaining
 //!   room with `FOR UPDATE SKIP LOCKED`. The app lock serialises claimers of
@@ -615,7 +615,7 @@ impl PgStore {
         limit: u32,
         lapsed: bool,
     ) -> Result<Vec<Claimed>> {
-        // One round trip: `herald_claim` (migrations 0002 and 0003) locks each
+        // One round trip: `herald_claim` (migrations 0002 – 0004) locks each
         // app with due work, counts its leases and claims within its room on
         // the server; leases that ran out too if `lapsed`.
         let rows = sqlx::query("SELECT * FROM herald_claim($1, $2, $3, $4)")
