@@ -116,19 +116,14 @@ fn push_nulls(
 
 const QUEUED: &str = "('pending', 'in_flight')";
 
-/// What a claim returns per delivery, by position (see [`claimed_row`]): the
-/// row and its subscription's target, read by the claiming statement itself
-/// so a claim is one statement per app and not a second query over the ids.
-/// The insert that leases sends to users as it stores them returns the
-/// first ten, and reads the targets apart (see [`push_targets_of_users`]).
+/// What a claim returns per delivery, by position (see [`claimed_delivery`]):
+/// the delivery's own columns. Its subscription's target is read apart, one
+/// lookup by id per delivery (see [`claimed_targets`]); read in the
+/// `RETURNING`, it took four lookups, one per column.
 macro_rules! claim_returning {
     () => {
         " RETURNING id, claims, attempts, app_id, notification_id, subscription_id, vendor,
-        without_topic, expires_at, created_at,
-        (SELECT endpoint FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT p256dh FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT auth FROM subscriptions s WHERE s.id = deliveries.subscription_id),
-        (SELECT content_encoding FROM subscriptions s WHERE s.id = deliveries.subscription_id)"
+        without_topic, expires_at, created_at"
     };
 }
 
@@ -1000,8 +995,7 @@ const HANDOVER_PER_SEND: usize = 4;
 /// What the insert of [`accept_to_users`] returns per delivery: the
 /// delivery's own columns, as a claim returns them, and whether it was
 /// leased. Its subscription's target comes from [`push_targets_of_users`].
-const LEASED_RETURNING: &str = " RETURNING id, claims, attempts, app_id, notification_id,
-    subscription_id, vendor, without_topic, expires_at, created_at, status = 'in_flight'";
+const LEASED_RETURNING: &str = concat!(claim_returning!(), ", status = 'in_flight'");
 
 /// The columns of a row of [`push_targets_of_users`]; the insert's rows
 /// have eleven.
@@ -1177,15 +1171,21 @@ async fn claim(
         return Ok(Vec::new());
     }
     let notices = claimed_notices(&mut tx, &rows).await?;
+    let targets = claimed_targets(&mut tx, &rows).await?;
     tx.commit().await?;
     // The foreign key keeps every delivery's notification; should one be
     // missing all the same, that row waits out its lease and the others go.
+    // A delivery whose subscription is gone is claimed without a target and
+    // recorded as gone by the sender.
     Ok(rows
         .iter()
         .filter_map(|r| {
             let notification_id: String = r.get(4);
             match notices.get(&notification_id) {
-                Some(notice) => Some(claimed_row(r, notification_id, notice.clone())),
+                Some(notice) => {
+                    let target = targets.get(r.get::<&str, _>(5)).cloned();
+                    Some(claimed_delivery(r, notification_id, notice.clone(), target))
+                }
                 None => {
                     tracing::warn!(notification = %notification_id, "claimed a delivery of a missing notification");
                     None
@@ -1218,6 +1218,41 @@ async fn claimed_notices(
         .iter()
         .map(|r| Ok((r.try_get("id")?, Arc::new(Notice::from_row(r)?))))
         .collect()
+}
+
+/// The targets of a claim's deliveries, by subscription id: one lookup by
+/// primary key each.
+async fn claimed_targets(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<HashMap<String, Target>> {
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.get::<&str, _>(5)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT id, endpoint, p256dh, auth, content_encoding FROM subscriptions WHERE id IN (",
+    );
+    // Padded, so that a few statement texts serve every claim size.
+    let mut sep = q.separated(", ");
+    for id in padded(&ids) {
+        sep.push_bind(id.copied());
+    }
+    q.push(")");
+    let found = q.build().fetch_all(&mut *conn).await?;
+    Ok(found
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Target {
+                    endpoint: r.get(1),
+                    p256dh: r.get(2),
+                    auth: r.get(3),
+                    content_encoding: r.get(4),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Every outcome is this one statement. It is fenced by `(id, claims)`: a
@@ -1609,20 +1644,8 @@ fn subscription_row(r: &SqliteRow) -> Result<SubscriptionRow> {
     })
 }
 
-/// A row of a claim, by position (see `claim_returning!`).
-fn claimed_row(r: &SqliteRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
-    let endpoint: Option<String> = r.get(10);
-    let target = endpoint.map(|endpoint| Target {
-        endpoint,
-        p256dh: r.get(11),
-        auth: r.get(12),
-        content_encoding: r.get(13),
-    });
-    claimed_delivery(r, notification_id, notice, target)
-}
-
-/// The delivery's own columns of a claim's row (the first ten of
-/// `claim_returning!`, which [`LEASED_RETURNING`] shares), with its target.
+/// The delivery's own columns of a claim's row (`claim_returning!`, which
+/// [`LEASED_RETURNING`] extends), with its target.
 fn claimed_delivery(
     r: &SqliteRow,
     notification_id: String,
