@@ -1220,6 +1220,11 @@ async fn claimed_notices(
         .collect()
 }
 
+/// Most subscriptions one statement of [`claimed_targets`] looks up: a
+/// claim may be larger (`HERALD_CLAIM_BATCH`) than the parameters SQLite
+/// binds to one statement.
+const TARGET_LOOKUP_CHUNK: usize = 512;
+
 /// The targets of a claim's deliveries, by subscription id: one lookup by
 /// primary key each.
 async fn claimed_targets(
@@ -1229,30 +1234,28 @@ async fn claimed_targets(
     let mut ids: Vec<&str> = rows.iter().map(|r| r.get::<&str, _>(5)).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT id, endpoint, p256dh, auth, content_encoding FROM subscriptions WHERE id IN (",
-    );
-    // Padded, so that a few statement texts serve every claim size.
-    let mut sep = q.separated(", ");
-    for id in padded(&ids) {
-        sep.push_bind(id.copied());
+    let mut targets = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(TARGET_LOOKUP_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, endpoint, p256dh, auth, content_encoding FROM subscriptions WHERE id IN (",
+        );
+        // Padded, so that a few statement texts serve every claim size.
+        let mut sep = q.separated(", ");
+        for id in padded(chunk) {
+            sep.push_bind(id.copied());
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut *conn).await? {
+            let target = Target {
+                endpoint: r.get(1),
+                p256dh: r.get(2),
+                auth: r.get(3),
+                content_encoding: r.get(4),
+            };
+            targets.insert(r.get(0), target);
+        }
     }
-    q.push(")");
-    let found = q.build().fetch_all(&mut *conn).await?;
-    Ok(found
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                Target {
-                    endpoint: r.get(1),
-                    p256dh: r.get(2),
-                    auth: r.get(3),
-                    content_encoding: r.get(4),
-                },
-            )
-        })
-        .collect())
+    Ok(targets)
 }
 
 /// Every outcome is this one statement. It is fenced by `(id, claims)`: a
@@ -1761,6 +1764,41 @@ mod tests {
             urgency: "normal".into(),
             topic_key: None,
             created_at: now_millis(),
+        }
+    }
+
+    /// A claim larger than one lookup of targets takes (a large
+    /// `HERALD_CLAIM_BATCH`) still gives every delivery its own device's
+    /// endpoint.
+    #[tokio::test]
+    async fn a_large_claim_reads_every_deliverys_own_target() {
+        let devices = TARGET_LOOKUP_CHUNK + 100;
+        let (_dir, store, app) = store_with_users(&[("ann", devices)]).await;
+        sqlx::query("UPDATE apps SET max_concurrency = 10000")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let mut n = notification(&app.id);
+        n.recipients = Recipients::All;
+        store.notification_create(&n, None, 0).await.unwrap();
+
+        let now = now_millis();
+        let claimed = store
+            .deliveries_claim(now, now + 60_000, 10_000)
+            .await
+            .unwrap();
+
+        assert_eq!(claimed.len(), devices);
+        let endpoints: HashMap<String, String> =
+            sqlx::query_as("SELECT id, endpoint FROM subscriptions")
+                .fetch_all(&store.writer)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        for c in &claimed {
+            let target = c.target.as_ref().expect("a claimed delivery's target");
+            assert_eq!(target.endpoint, endpoints[&c.subscription_id]);
         }
     }
 
