@@ -728,7 +728,11 @@ async fn claims_find_due_work_through_the_indexes_not_by_scanning_history() {
                 .fetch_all(&mut c)
                 .await
                 .unwrap();
-        endpoints.extend(claimed.into_iter().map(|(id, endpoint)| (id, endpoint.unwrap())));
+        endpoints.extend(
+            claimed
+                .into_iter()
+                .map(|(id, endpoint)| (id, endpoint.unwrap())),
+        );
     }
     let after: Vec<(String, i64)> = sqlx::query_as(seq_scans).fetch_all(&mut c).await.unwrap();
     sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
@@ -736,8 +740,15 @@ async fn claims_find_due_work_through_the_indexes_not_by_scanning_history() {
     let mut ids: Vec<i64> = endpoints.iter().map(|(id, _)| *id).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 8, "each claim takes one of the ten due deliveries");
-    assert!(ids.iter().all(|id| *id > 19_990), "only due deliveries are claimed");
+    assert_eq!(
+        ids.len(),
+        8,
+        "each claim takes one of the ten due deliveries"
+    );
+    assert!(
+        ids.iter().all(|id| *id > 19_990),
+        "only due deliveries are claimed"
+    );
     for (id, endpoint) in &endpoints {
         // Delivery i was made for subscription i.
         assert_eq!(endpoint, &format!("https://push.example/{id}"));
@@ -749,7 +760,10 @@ async fn claims_find_due_work_through_the_indexes_not_by_scanning_history() {
         .collect();
     assert_eq!(
         scans,
-        [("deliveries".to_string(), 0), ("subscriptions".to_string(), 0)],
+        [
+            ("deliveries".to_string(), 0),
+            ("subscriptions".to_string(), 0)
+        ],
         "sequential scans by the claims"
     );
 }
