@@ -966,17 +966,11 @@ async fn accept_to_users<'a>(
                     contact: contact.clone(),
                 })
             });
-            let target = Target {
-                endpoint: target.get(1),
-                p256dh: target.get(2),
-                auth: target.get(3),
-                content_encoding: target.get(4),
-            };
             stored.started.push(claimed_delivery(
                 r,
                 key.to_string(),
                 notice.clone(),
-                Some(target),
+                Some(target_row(target)),
             ));
         }
         if let Some(r) = reserved {
@@ -1246,16 +1240,22 @@ async fn claimed_targets(
         }
         q.push(")");
         for r in q.build().fetch_all(&mut *conn).await? {
-            let target = Target {
-                endpoint: r.get(1),
-                p256dh: r.get(2),
-                auth: r.get(3),
-                content_encoding: r.get(4),
-            };
-            targets.insert(r.get(0), target);
+            targets.insert(r.get(0), target_row(&r));
         }
     }
     Ok(targets)
+}
+
+/// A subscription's target from a row that starts `id, endpoint, p256dh,
+/// auth, content_encoding`, as [`claimed_targets`] and
+/// [`push_targets_of_users`] read them.
+fn target_row(r: &SqliteRow) -> Target {
+    Target {
+        endpoint: r.get(1),
+        p256dh: r.get(2),
+        auth: r.get(3),
+        content_encoding: r.get(4),
+    }
 }
 
 /// Every outcome is this one statement. It is fenced by `(id, claims)`: a
