@@ -48,6 +48,10 @@ type Finished = (Recorded, Option<String>, String, OwnedSemaphorePermit);
 /// Most outcomes written in one transaction.
 const RECORD_BATCH: usize = 1024;
 
+/// Fewer outcomes than this wait [`Store::outcome_gather`] for more before
+/// they are written.
+const GATHER_BELOW: usize = 64;
+
 /// How often a busy dispatcher's claim also looks for leases that ran out.
 /// Between those looks it claims due pending work only, and sleeps no
 /// longer than until the next look. A lease that runs out is taken again
@@ -290,12 +294,22 @@ impl Queue {
         let q = &self.inner;
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut permits = Vec::with_capacity(RECORD_BATCH);
+        let gather = q.store.outcome_gather();
         while let Some(first) = rx.recv().await {
             let mut items = vec![first];
             while items.len() < RECORD_BATCH {
                 match rx.try_recv() {
                     Ok(item) => items.push(item),
                     Err(_) => break,
+                }
+            }
+            if !gather.is_zero() && items.len() < GATHER_BELOW {
+                tokio::time::sleep(gather).await;
+                while items.len() < RECORD_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
                 }
             }
             for (recorded, config_error, app_id, permit) in items {

@@ -383,6 +383,19 @@ impl Store {
         }
     }
 
+    /// How long the recorder lets a small batch of outcomes wait for more
+    /// before writing it. On PostgreSQL each write is a statement whose cost
+    /// is mostly its own, whatever its rows, paid by the database every
+    /// instance shares, and the wait holds only leases and senders' permits. On SQLite
+    /// outcomes already join the single writer's next turn, and waiting
+    /// showed no gain there (see [`postgres::OUTCOME_GATHER`]).
+    pub fn outcome_gather(&self) -> std::time::Duration {
+        match self {
+            Store::Sqlite(_) => std::time::Duration::ZERO,
+            Store::Postgres(_) => postgres::OUTCOME_GATHER,
+        }
+    }
+
     /// Whether storing work wakes the queue by itself (see [`Intake::wake`]),
     /// so the API need not.
     pub fn wakes_queue(&self) -> bool {
