@@ -297,20 +297,10 @@ impl Queue {
         let gather = q.store.outcome_gather();
         while let Some(first) = rx.recv().await {
             let mut items = vec![first];
-            while items.len() < RECORD_BATCH {
-                match rx.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
-                }
-            }
+            take_waiting(&mut rx, &mut items);
             if !gather.is_zero() && items.len() < GATHER_BELOW {
                 tokio::time::sleep(gather).await;
-                while items.len() < RECORD_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => items.push(item),
-                        Err(_) => break,
-                    }
-                }
+                take_waiting(&mut rx, &mut items);
             }
             for (recorded, config_error, app_id, permit) in items {
                 if let Some(error) = config_error {
@@ -367,6 +357,16 @@ impl Queue {
 }
 
 /// Sends one delivery on a task of its own; its outcome goes to the recorder.
+/// Moves the outcomes already waiting into `items`, up to [`RECORD_BATCH`].
+fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Finished>, items: &mut Vec<Finished>) {
+    while items.len() < RECORD_BATCH {
+        match rx.try_recv() {
+            Ok(item) => items.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
 fn spawn_send(
     sender: &Arc<Sender>,
     c: Claimed,
