@@ -33,7 +33,7 @@ pub mod sender;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,10 @@ const RECORD_BATCH: usize = 1024;
 /// Fewer outcomes than this wait [`Store::outcome_gather`] for more before
 /// they are written.
 const GATHER_BELOW: usize = 64;
+
+/// Work counts as streaming in (for [`Store::claim_gather`]) when the
+/// dispatcher is woken within this long of a claim that took everything due.
+const STREAMING: Duration = Duration::from_millis(10);
 
 /// How often a busy dispatcher's claim also looks for leases that ran out.
 /// Between those looks it claims due pending work only, and sleeps no
@@ -155,9 +159,25 @@ impl Queue {
         let q = &self.inner;
         // When the next claim looks for leases that ran out as well.
         let mut look_lapsed_at = 0;
+        let gather = q.store.claim_gather();
+        // When the last claim that took everything due was made.
+        let mut took_all_at: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return;
+            }
+            // Woken soon after a claim that took everything: work is
+            // streaming in, and a moment's wait lets more of it share the
+            // next claim (see [`Store::claim_gather`]).
+            if took_all_at
+                .take()
+                .is_some_and(|at| at.elapsed() < STREAMING)
+                && !gather.is_zero()
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(gather) => {},
+                    _ = stop.cancelled() => return,
+                }
             }
             // Permits first, then the claim: the store may take permits for
             // the deliveries it starts itself ([`Intake`]) meanwhile.
@@ -213,6 +233,9 @@ impl Queue {
                 look_lapsed_at = now + LAPSED_LOOK_EVERY.as_millis() as i64;
             }
             let took_all = claimed.len() < asked;
+            if took_all {
+                took_all_at = Some(Instant::now());
+            }
             for c in claimed {
                 let permit = permits
                     .pop()

@@ -396,6 +396,19 @@ impl Store {
         }
     }
 
+    /// How long the dispatcher, woken soon after a claim that took
+    /// everything due, waits before it claims again, so that more work
+    /// shares the claim. On PostgreSQL a claim costs the server about the
+    /// same whatever its rows, and every instance makes its own (see
+    /// [`postgres::CLAIM_GATHER`]). On SQLite sends to users bypass claims
+    /// ([`Intake`]), and the wait was not measured there.
+    pub fn claim_gather(&self) -> std::time::Duration {
+        match self {
+            Store::Sqlite(_) => std::time::Duration::ZERO,
+            Store::Postgres(_) => postgres::CLAIM_GATHER,
+        }
+    }
+
     /// Whether storing work wakes the queue by itself (see [`Intake::wake`]),
     /// so the API need not.
     pub fn wakes_queue(&self) -> bool {
