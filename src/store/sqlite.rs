@@ -218,7 +218,7 @@ impl SqliteStore {
     }
 
     pub async fn app_list(&self) -> Result<Vec<AppRow>> {
-        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at")
+        Ok(sqlx::query("SELECT * FROM apps ORDER BY created_at, id")
             .fetch_all(&self.reader)
             .await?
             .iter()
@@ -378,7 +378,7 @@ impl SqliteStore {
         app_id: &str,
         user: Option<&str>,
     ) -> Result<Vec<SubscriptionRow>> {
-        let rows = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND (? IS NULL OR user_id = ?) ORDER BY created_at")
+        let rows = sqlx::query("SELECT * FROM subscriptions WHERE app_id = ? AND (? IS NULL OR user_id = ?) ORDER BY created_at, id")
             .bind(app_id)
             .bind(user)
             .bind(user)
