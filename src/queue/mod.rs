@@ -379,7 +379,6 @@ impl Queue {
     }
 }
 
-/// Sends one delivery on a task of its own; its outcome goes to the recorder.
 /// Moves the outcomes already waiting into `items`, up to [`RECORD_BATCH`].
 fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Finished>, items: &mut Vec<Finished>) {
     while items.len() < RECORD_BATCH {
@@ -390,6 +389,7 @@ fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Finished>, items: &mut Vec<Fini
     }
 }
 
+/// Sends one delivery on a task of its own; its outcome goes to the recorder.
 fn spawn_send(
     sender: &Arc<Sender>,
     c: Claimed,

@@ -384,11 +384,11 @@ impl Store {
     }
 
     /// How long the recorder lets a small batch of outcomes wait for more
-    /// before writing it. On PostgreSQL each write is a statement whose cost
-    /// is mostly its own, whatever its rows, paid by the database every
-    /// instance shares, and the wait holds only leases and senders' permits. On SQLite
-    /// outcomes already join the single writer's next turn, and waiting
-    /// showed no gain there (see [`postgres::OUTCOME_GATHER`]).
+    /// before writing it. On PostgreSQL each write is a statement that
+    /// costs the database every instance shares about the same whatever
+    /// its rows, and the wait holds only leases and senders' permits. On
+    /// SQLite outcomes already join the single writer's next turn, and
+    /// waiting cost CPU there (see [`postgres::OUTCOME_GATHER`]).
     pub fn outcome_gather(&self) -> std::time::Duration {
         match self {
             Store::Sqlite(_) => std::time::Duration::ZERO,

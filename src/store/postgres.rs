@@ -159,7 +159,9 @@ const USER_SEND_WRITERS: usize = 1;
 /// gained no more. A send that arrives alone, with none before it for a
 /// while, is stored at once.
 const USER_SEND_GATHER: Duration = Duration::from_millis(1);
+/// See [`USER_SEND_GATHER`].
 const USER_SEND_GATHER_BELOW: usize = 16;
+/// See [`USER_SEND_GATHER`].
 const USER_SEND_STREAMING: Duration = Duration::from_millis(10);
 
 /// Answers whether the local queue has room for this many deliveries now.
