@@ -160,9 +160,11 @@ async fn three_instances_deliver_everything_when_one_is_killed_mid_way() {
         .await
         .expect("a quarter arrives");
     // Others may hold the app's whole limit for a moment: kill b while it
-    // has pushes of its own in flight, so it leaves leases behind.
+    // has pushes of its own in flight, so it leaves leases behind. A few
+    // seen in flight may all be answered and recorded by the time the kill
+    // lands, so wait for more than a few.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while in_flight(&http, &instances[1].base).await == 0 {
+    while in_flight(&http, &instances[1].base).await < 10 {
         assert!(Instant::now() < deadline, "instance b never took part");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
