@@ -112,6 +112,9 @@ conformance!(
     regenerating_removes_subscriptions_and_queued_work,
     vendor_stats_count_outcomes_and_average_times,
     purging_removes_old_history_only,
+    sends_to_users_start_in_the_local_queue_as_they_are_stored,
+    only_what_the_queue_and_the_app_have_room_for_is_started,
+    sends_to_users_through_two_instances_share_max_concurrency,
 );
 
 // ---- fixtures ---------------------------------------------------------------
@@ -1679,7 +1682,7 @@ async fn work_removed_while_claimed_stays_removed(db: &Db) {
     );
 }
 
-// ---- SQLite: sends to users handed to the local queue as they are stored ----
+// ---- sends to users handed to the local queue as they are stored -----------
 
 /// A queue with `room` free senders that records what it is handed.
 struct FakeIntake {
@@ -1704,6 +1707,20 @@ impl FakeIntake {
     fn started(&self) -> Vec<Claimed> {
         let started = self.started.lock().unwrap();
         started.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    fn wakes(&self) -> usize {
+        self.wakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `done` holds: PostgreSQL answers a send before it has
+    /// started the deliveries, SQLite after.
+    async fn until(&self, what: &str, done: impl Fn(&FakeIntake) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -1747,9 +1764,7 @@ async fn send_to_users(store: &Store, app: &AppRow, users: &[&str]) -> Vec<NewNo
     sends
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
-    let db = sqlite().await;
+async fn sends_to_users_start_in_the_local_queue_as_they_are_stored(db: &Db) {
     let store = &db.store;
     let app = app(store, 100).await;
     for u in ["ann", "bob", "cy"] {
@@ -1758,17 +1773,16 @@ async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
     sub(store, &app, "bob").await;
     let intake = FakeIntake::attach(store, 100);
     assert!(store.wakes_queue());
-    // Two of them to bob, in the same batch: each of his devices gets both.
+    // Two of them to bob, stored together: each of his devices gets both.
     let sends = send_to_users(store, &app, &["ann", "bob", "cy", "bob"]).await;
 
     // All six deliveries went to the queue, leased, with what a claim gives.
+    intake
+        .until("started six", |i| i.started().len() >= 6)
+        .await;
     let started = intake.started();
     assert_eq!(started.len(), 6);
-    assert_eq!(
-        intake.wakes.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing left to claim"
-    );
+    assert_eq!(intake.wakes(), 0, "nothing left to claim");
     for c in &started {
         let n = sends
             .iter()
@@ -1827,9 +1841,7 @@ async fn sqlite_leases_sends_to_users_to_the_local_queue_as_it_stores_them() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_leases_only_what_the_queue_and_the_app_have_room_for() {
-    let db = sqlite().await;
+async fn only_what_the_queue_and_the_app_have_room_for_is_started(db: &Db) {
     let store = &db.store;
     // Room in the app for 3 (one lease already runs), in the queue for 5.
     let app = app(store, 4).await;
@@ -1850,6 +1862,13 @@ async fn sqlite_leases_only_what_the_queue_and_the_app_have_room_for() {
     let intake = FakeIntake::attach(store, 5);
     send_to_users(store, &app, &users).await;
 
+    // Whatever was not started wakes the queue, after the last start.
+    intake
+        .until("woken for the rest", |i| {
+            i.wakes() > 0 && i.started().len() >= 3
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(intake.started().len(), 3, "the app's max_concurrency holds");
     assert_eq!(
         rows(store, &app, Some(DeliveryStatus::InFlight))
@@ -1861,22 +1880,85 @@ async fn sqlite_leases_only_what_the_queue_and_the_app_have_room_for() {
         rows(store, &app, Some(DeliveryStatus::Pending)).await.len(),
         3
     );
-    assert!(
-        intake.wakes.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "the rest is claimable"
-    );
     // Room reserved but not used went back to the queue.
     assert_eq!(intake.room.available_permits(), 2);
 
     // A paused app gets nothing handed over, and its sends wait.
     let paused = self::app(store, 0).await;
     sub(store, &paused, "p").await;
+    let wakes = intake.wakes();
     send_to_users(store, &paused, &["p"]).await;
+    intake
+        .until("woken for the paused app's send", |i| i.wakes() > wakes)
+        .await;
     assert_eq!(intake.started().len(), 3);
     assert_eq!(
         rows(store, &paused, Some(DeliveryStatus::Pending))
             .await
             .len(),
         1
+    );
+}
+
+async fn sends_to_users_through_two_instances_share_max_concurrency(db: &Db) {
+    let app = app(&db.store, 5).await;
+    let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+    for u in &users {
+        sub(&db.store, &app, u).await;
+    }
+    let other = db.another_instance().await;
+    // One queue per instance (on SQLite both handles are one process's).
+    let queues = match db.store.backend() {
+        "sqlite" => vec![FakeIntake::attach(&db.store, 100)],
+        _ => vec![
+            FakeIntake::attach(&db.store, 100),
+            FakeIntake::attach(&other, 100),
+        ],
+    };
+    // Half of the users through each instance, at the same time.
+    let first: Vec<&str> = users.iter().step_by(2).map(String::as_str).collect();
+    let second: Vec<&str> = users
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(String::as_str)
+        .collect();
+    tokio::join!(
+        send_to_users(&db.store, &app, &first),
+        send_to_users(&other, &app, &second)
+    );
+    // Each instance stores what it was sent and starts what the app's room
+    // allows; the rest waits for a claim.
+    for q in &queues {
+        q.until("started or woken", |q| {
+            q.wakes() > 0 || q.started().len() == 5
+        })
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let started: Vec<i64> = queues
+        .iter()
+        .flat_map(|q| q.started())
+        .map(|c| c.id)
+        .collect();
+    let distinct: HashSet<i64> = started.iter().copied().collect();
+    assert_eq!(distinct.len(), started.len(), "no delivery started twice");
+    assert_eq!(
+        started.len(),
+        5,
+        "the app's max_concurrency holds across instances"
+    );
+    assert_eq!(
+        rows(&db.store, &app, Some(DeliveryStatus::InFlight))
+            .await
+            .len(),
+        5
+    );
+    assert_eq!(
+        rows(&db.store, &app, Some(DeliveryStatus::Pending))
+            .await
+            .len(),
+        25
     );
 }

@@ -3,17 +3,17 @@
 //! ```text
 //!  API ── store ──▶ wake() ──▶ Dispatcher ── claim batch ──▶ Sender tasks ──▶ push service
 //!           │                       ▲                          ▲  │
-//!           └── leased as stored ───┼──────────────────────────┘  │  (SQLite, sends to users)
+//!           └── started as stored ──┼──────────────────────────┘  │  (sends to users)
 //!                                   └── wake() ◀── Recorder ◀─────┘ outcomes, written in batches
 //! ```
 //!
 //! - Event-driven: storing work calls [`Queue::wake`]; the dispatcher claims at
 //!   once. With nothing due it sleeps until the earliest due time or lease
 //!   expiry that the database reports, or until woken: never a polling period.
-//! - On SQLite a send to users skips the claim: the store leases the new
-//!   deliveries to this queue in the transaction that stores them and hands
-//!   them over after the commit ([`Intake`]); it wakes the dispatcher only
-//!   for what did not fit.
+//! - A send to users skips the dispatcher: the store hands the new
+//!   deliveries to this queue ([`Intake`]), on SQLite leased in the
+//!   transaction that stores them, on PostgreSQL by a claim of exactly the
+//!   stored ids; it wakes the dispatcher only for what did not fit.
 //! - At-least-once: a claim is a lease in the database. If this process dies,
 //!   the lease runs out and any worker claims the delivery again. A busy
 //!   dispatcher looks for such leases about once a second

@@ -175,9 +175,12 @@ pub enum Accepted {
 }
 
 /// A local queue that deliveries can be handed to as they are stored, so
-/// they start without a claim of their own. On SQLite, where one process owns
-/// the database, a send to a user is then stored already leased and goes
-/// straight to a sender: no second transaction between the 202 and the push.
+/// they start without waiting for the dispatcher's claim. On SQLite, where
+/// one process owns the database, a send to a user is then stored already
+/// leased and goes straight to a sender: no second transaction between the
+/// 202 and the push. On PostgreSQL the instance that stored it claims
+/// exactly the deliveries it stored, so instances do not take each other's
+/// fresh work.
 pub trait Intake: Send + Sync {
     /// Free room for at most `wanted` deliveries, held until used or dropped.
     fn reserve(&self, wanted: usize) -> Reservation;
@@ -375,11 +378,15 @@ impl Store {
         }
     }
 
-    /// Hands new deliveries to `intake` as they are stored, where the backend
-    /// can (SQLite; PostgreSQL instances share their queue through claims).
+    /// Hands new deliveries to `intake` as they are stored: sends to users
+    /// start there without waiting for a claim of the dispatcher's (on
+    /// SQLite leased by the statement that stores them, on PostgreSQL by a
+    /// claim of exactly what was stored), and the store wakes it for the
+    /// rest.
     pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
-        if let Store::Sqlite(s) = self {
-            s.attach_intake(intake);
+        match self {
+            Store::Sqlite(s) => s.attach_intake(intake),
+            Store::Postgres(s) => s.attach_intake(intake),
         }
     }
 
@@ -414,7 +421,7 @@ impl Store {
     pub fn wakes_queue(&self) -> bool {
         match self {
             Store::Sqlite(s) => s.wakes_queue(),
-            Store::Postgres(_) => false,
+            Store::Postgres(s) => s.wakes_queue(),
         }
     }
 

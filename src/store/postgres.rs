@@ -16,7 +16,13 @@
 //! - Sends to one user without an idempotency key, the common case, that
 //!   arrive together are stored by one statement (see [`user_send_loop`]):
 //!   one synced commit and one fan-out for the batch, instead of a statement,
-//!   a commit and a busy backend per send.
+//!   a commit and a busy backend per send. The same statement leases the
+//!   new deliveries to the instance that stores them, within its queue's
+//!   free room and the app's `max_concurrency` (`herald_store_to_users`,
+//!   migration 0005), and they start there without a claim: no second
+//!   statement rewrites every new row, and instances do not take each
+//!   other's fresh work. The app stays locked until that commit is on disk,
+//!   a fraction of a millisecond on a local SSD.
 //! - A send to everyone or to a topic is stored in chunks of
 //!   subscriptions, one statement each, in one transaction (see
 //!   [`FAN_OUT_CHUNK`]): `statement_timeout` bounds a statement, and must
@@ -93,13 +99,29 @@ pub struct PgStore {
     options: Arc<PgConnectOptions>,
     /// `current_schema()` of the connections: the notification payload.
     schema: Arc<str>,
-    /// Asks the announcer task for one `pg_notify` (see [`PgStore::announce`]).
-    announcer: tokio::sync::mpsc::Sender<()>,
+    /// Tells the other instances about new work.
+    announcer: Announcer,
+    /// This instance's queue, once it runs: sends to users start there as
+    /// they are stored ([`store_user_sends`]).
+    intake: Arc<OnceLock<Arc<dyn Intake>>>,
+    /// Sends to one user waiting to be stored together ([`user_send_loop`]).
+    user_sends: tokio::sync::mpsc::Sender<UserSend>,
+}
+
+/// Asks the announcer task for `pg_notify`s ([`announce_loop`]).
+#[derive(Clone)]
+struct Announcer {
+    wanted: tokio::sync::mpsc::Sender<()>,
     /// Whether this instance's own queue can start this many deliveries at
     /// once; set by [`PgStore::subscribe_wakeups`].
     local_room: Arc<OnceLock<RoomProbe>>,
-    /// Sends to one user waiting to be stored together ([`user_send_loop`]).
-    user_sends: tokio::sync::mpsc::Sender<UserSend>,
+}
+
+/// What [`user_send_loop`] needs to start the deliveries it stored in this
+/// instance's queue, and to tell the others about the rest.
+struct Handover {
+    intake: Arc<OnceLock<Arc<dyn Intake>>>,
+    announcer: Announcer,
 }
 
 /// A send to one user waiting for [`user_send_loop`] to store it; the
@@ -127,7 +149,10 @@ pub const OUTCOME_GATHER: Duration = Duration::from_millis(3);
 /// subscriptions, 30 000 per-user sends), three instances went from 5 756 /
 /// 6 277 to 6 822 / 6 621 per-user deliveries/s, at 126 µs of server CPU
 /// per delivery against 142 – 153; one instance and the broadcasts did not
-/// move beyond the noise.
+/// move beyond the noise. Sends to users no longer wake the dispatcher
+/// (they are leased as they are stored, see [`store_user_sends`]); the
+/// wait still gathers broadcasts stored by several instances, retries and
+/// announced work.
 ///
 /// [`Store::claim_gather`]: super::Store::claim_gather
 pub const CLAIM_GATHER: Duration = Duration::from_millis(1);
@@ -149,8 +174,8 @@ const USER_SEND_WRITERS: usize = 1;
 /// While sends stream in (the last batch was taken less than
 /// [`USER_SEND_STREAMING`] ago), a batch of fewer than
 /// [`USER_SEND_GATHER_BELOW`] waits [`USER_SEND_GATHER`] for more. Each
-/// stored batch also costs a claim, so the statements per send fall with the
-/// batch's size: with 64 API clients spread over three instances, each
+/// stored batch then cost a claim too, so the statements per send fell with
+/// the batch's size: with 64 API clients spread over three instances, each
 /// stored about nine sends per statement. In two interleaved pairs of
 /// benchmark runs (40 000 subscriptions, 30 000 per-user sends), three
 /// instances went from 5 308 / 5 269 to 6 212 / 6 224 per-user deliveries/s
@@ -206,17 +231,26 @@ impl PgStore {
             .fetch_one(&pool)
             .await?
             .into();
-        let (announcer, wanted) = tokio::sync::mpsc::channel(1);
+        let (wanted_tx, wanted) = tokio::sync::mpsc::channel(1);
         tokio::spawn(announce_loop(queue.clone(), schema.clone(), wanted));
+        let announcer = Announcer {
+            wanted: wanted_tx,
+            local_room: Arc::new(OnceLock::new()),
+        };
+        let intake: Arc<OnceLock<Arc<dyn Intake>>> = Arc::new(OnceLock::new());
         let (user_sends, waiting) = tokio::sync::mpsc::channel(4 * USER_SEND_BATCH);
-        tokio::spawn(user_send_loop(pool.clone(), waiting));
+        let handover = Handover {
+            intake: intake.clone(),
+            announcer: announcer.clone(),
+        };
+        tokio::spawn(user_send_loop(pool.clone(), handover, waiting));
         Ok(PgStore {
             pool,
             queue,
             options: Arc::new(options),
             schema,
             announcer,
-            local_room: Arc::new(OnceLock::new()),
+            intake,
             user_sends,
         })
     }
@@ -239,14 +273,14 @@ impl PgStore {
     ///
     /// `room` tells new sends whether this instance's queue can start them at
     /// once; only work it cannot is announced (see
-    /// [`PgStore::announce_unless_local`]).
+    /// [`Announcer::announce_unless_local`]).
     pub fn subscribe_wakeups(
         &self,
         on_wake: Arc<dyn Fn() + Send + Sync>,
         room: RoomProbe,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let _ = self.local_room.set(room);
+        let _ = self.announcer.local_room.set(room);
         let options = (*self.options).clone().application_name(&format!(
             "{}-listener",
             self.options.get_application_name().unwrap_or("herald")
@@ -531,15 +565,17 @@ impl PgStore {
     ) -> Result<Accepted> {
         let Some(key) = idempotency_key else {
             // No BEGIN and COMMIT of its own: a send to one user shares one
-            // statement with the others waiting ([`user_send_loop`]), any
-            // other send is one statement.
+            // statement with the others waiting ([`user_send_loop`]), which
+            // also starts, wakes and announces; any other send is one
+            // statement.
             let deliveries = match &n.recipients {
                 Recipients::User(_) => self.store_user_send(n).await?,
-                _ => store_one(&self.pool, n).await?,
+                _ => {
+                    let deliveries = store_one(&self.pool, n).await?;
+                    self.queue_stored(deliveries);
+                    deliveries
+                }
             };
-            if deliveries > 0 {
-                self.announce_unless_local(deliveries);
-            }
             return Ok(Accepted::Created {
                 id: n.id.clone(),
                 deliveries,
@@ -583,13 +619,35 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        if deliveries > 0 {
-            self.announce_unless_local(deliveries);
-        }
+        self.queue_stored(deliveries);
         Ok(Accepted::Created {
             id: n.id.clone(),
             deliveries,
         })
+    }
+
+    /// Wakes this instance's queue for `deliveries` new ones, and tells the
+    /// other instances if it cannot start them all.
+    fn queue_stored(&self, deliveries: u64) {
+        if deliveries == 0 {
+            return;
+        }
+        if let Some(intake) = self.intake.get() {
+            intake.wake();
+        }
+        self.announcer.announce_unless_local(deliveries);
+    }
+
+    /// Hands new deliveries to `intake`: sends to users start there as
+    /// they are stored, and the store wakes it for everything else (see
+    /// [`PgStore::wakes_queue`]).
+    pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
+        let _ = self.intake.set(intake);
+    }
+
+    /// Whether storing work wakes the local queue by itself.
+    pub fn wakes_queue(&self) -> bool {
+        self.intake.get().is_some()
     }
 
     /// Stores a send to one user together with the others waiting.
@@ -672,22 +730,7 @@ impl PgStore {
             .bind(lapsed)
             .fetch_all(&self.queue)
             .await?;
-        // Rows of one notification share one decoded `Notice`.
-        let mut notices: std::collections::HashMap<String, Arc<Notice>> = Default::default();
-        rows.iter()
-            .map(|r| {
-                let notification_id: String = r.get("notification_id");
-                let notice = match notices.get(&notification_id) {
-                    Some(notice) => notice.clone(),
-                    None => {
-                        let notice = Arc::new(Notice::from_row(r)?);
-                        notices.insert(notification_id.clone(), notice.clone());
-                        notice
-                    }
-                };
-                Ok(claimed_row(r, notification_id, notice))
-            })
-            .collect()
+        claimed_rows(&rows)
     }
 
     pub async fn deliveries_record(&self, outcomes: &[Recorded], now: Millis) -> Result<()> {
@@ -939,11 +982,19 @@ impl PgStore {
     /// commits behind one another. Requests made while one announcement is
     /// under way are folded into the next.
     fn announce(&self) {
-        let _ = self.announcer.try_send(());
+        self.announcer.announce();
+    }
+}
+
+impl Announcer {
+    /// See [`PgStore::announce`].
+    fn announce(&self) {
+        let _ = self.wanted.try_send(());
     }
 
-    /// Announces a new send only if this instance's queue, which the API
-    /// woke already, cannot start all of it at once. A send to one user
+    /// Announces new deliveries only if this instance's queue, which has
+    /// been woken for them or started them already, cannot start all of
+    /// them at once. A send to one user
     /// then costs no `NOTIFY`, and does not wake every other instance into
     /// a claim that finds nothing; a broadcast still brings every instance
     /// in. Without a local queue (a store used on its own) every send is
@@ -996,7 +1047,12 @@ async fn announce_loop(
 /// Stores the sends to users that wait, in batches of at most
 /// [`USER_SEND_BATCH`] and [`USER_SEND_WRITERS`] batches at a time, until
 /// every store handle is dropped.
-async fn user_send_loop(pool: PgPool, mut waiting: tokio::sync::mpsc::Receiver<UserSend>) {
+async fn user_send_loop(
+    pool: PgPool,
+    handover: Handover,
+    mut waiting: tokio::sync::mpsc::Receiver<UserSend>,
+) {
+    let handover = Arc::new(handover);
     let writers = Arc::new(tokio::sync::Semaphore::new(USER_SEND_WRITERS));
     let mut last_batch = None::<tokio::time::Instant>;
     loop {
@@ -1015,8 +1071,9 @@ async fn user_send_loop(pool: PgPool, mut waiting: tokio::sync::mpsc::Receiver<U
         }
         last_batch = Some(tokio::time::Instant::now());
         let pool = pool.clone();
+        let handover = handover.clone();
         tokio::spawn(async move {
-            store_user_sends(&pool, batch).await;
+            store_user_sends(&pool, &handover, batch).await;
             drop(writer);
         });
     }
@@ -1032,38 +1089,86 @@ fn take_waiting(waiting: &mut tokio::sync::mpsc::Receiver<UserSend>, batch: &mut
     }
 }
 
-/// Stores a batch of sends to users and answers each. If the batch fails as
-/// a whole, nothing of it is stored, and each send runs again on its own, so
-/// one that cannot be stored answers its own caller with the error and the
-/// others are stored.
-async fn store_user_sends(pool: &PgPool, batch: Vec<UserSend>) {
-    if batch.len() == 1 {
-        let job = batch.into_iter().next().expect("one job");
-        let _ = job.reply.send(store_one(pool, &job.notification).await);
-        return;
-    }
-    match store_together(pool, &batch).await {
-        Ok(counts) => {
+/// Room reserved in the local queue per send to a user, for the devices
+/// it may have; what is not used goes back at once.
+const HANDOVER_PER_SEND: usize = 4;
+
+/// Stores a batch of sends to users, starts what it leased in the local
+/// queue, and answers each: started first, so a caller holding its 202
+/// knows its pushes have started. What was not leased (no room in the queue
+/// or the app) wakes the queue, and the other instances if this one has no
+/// room. If the batch fails as a whole, nothing of it is stored, and each
+/// send runs again on its own, so one that cannot be stored answers its own
+/// caller with the error and the others are stored; those wait for a claim.
+async fn store_user_sends(pool: &PgPool, handover: &Handover, batch: Vec<UserSend>) {
+    let intake = handover.intake.get();
+    let reserved = intake.map(|intake| intake.reserve(HANDOVER_PER_SEND * batch.len()));
+    match store_together(pool, &batch, reserved.as_ref()).await {
+        Ok(stored) => {
+            let mut waiting = stored.waiting;
+            match (intake, reserved) {
+                (Some(intake), Some(reserved)) => {
+                    // Room reserved but not used goes back as its permits drop.
+                    for (claimed, permit) in stored.leased.into_iter().zip(reserved.permits) {
+                        intake.start(claimed, permit);
+                    }
+                    if waiting > 0 {
+                        intake.wake();
+                    }
+                }
+                _ => waiting += stored.leased.len() as u64,
+            }
+            if waiting > 0 {
+                handover.announcer.announce_unless_local(waiting);
+            }
             for job in batch {
-                let n = counts.get(&job.notification.id).copied().unwrap_or(0);
-                let _ = job.reply.send(Ok(n as u64));
+                let n = stored
+                    .counts
+                    .get(&job.notification.id)
+                    .copied()
+                    .unwrap_or(0);
+                let _ = job.reply.send(Ok(n));
             }
         }
         Err(_) => {
+            drop(reserved);
+            let mut waiting = 0;
             for job in batch {
-                let _ = job.reply.send(store_one(pool, &job.notification).await);
+                let result = store_one(pool, &job.notification).await;
+                waiting += result.as_ref().map_or(0, |n| *n);
+                let _ = job.reply.send(result);
+            }
+            if waiting > 0 {
+                if let Some(intake) = intake {
+                    intake.wake();
+                }
+                handover.announcer.announce_unless_local(waiting);
             }
         }
     }
 }
 
-/// One statement for the whole batch: the notifications as arrays, each
-/// fanned out to its user's devices. The arrays keep the statement's text
-/// the same whatever the batch's length, so it is prepared once.
+/// What [`store_together`] stored.
+struct StoredSends {
+    /// Deliveries per notification.
+    counts: std::collections::HashMap<String, u64>,
+    /// The deliveries leased to the local queue, as a claim returns them.
+    leased: Vec<Claimed>,
+    /// Deliveries stored pending, for a claim.
+    waiting: u64,
+}
+
+/// One statement for the whole batch (`herald_store_to_users`, migration
+/// 0005): the notifications as arrays, each fanned out to its user's
+/// devices, and as many of the deliveries as `reserved` has room for (and
+/// each app's `max_concurrency`) leased to the local queue. The arrays keep
+/// the statement's text the same whatever the batch's length, so it is
+/// prepared once.
 async fn store_together(
     pool: &PgPool,
     batch: &[UserSend],
-) -> Result<std::collections::HashMap<String, i64>> {
+    reserved: Option<&Reservation>,
+) -> Result<StoredSends> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut apps = Vec::with_capacity(batch.len());
     let mut titles = Vec::with_capacity(batch.len());
@@ -1090,21 +1195,12 @@ async fn store_together(
         expires.push(n.expires_at());
         users.push(user.as_str());
     }
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "WITH sends AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
-                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[])
-                 AS u(id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at, user_id)
-         ), stored AS (
-             INSERT INTO notifications (id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at)
-             SELECT id, app_id, title, payload, ttl_secs, urgency, topic_key, created_at, expires_at FROM sends
-         ), fanned AS (
-             INSERT INTO deliveries (notification_id, app_id, subscription_id, user_id, endpoint_host, vendor, next_attempt_at, expires_at, created_at)
-             SELECT n.id, s.app_id, s.id, s.user_id, s.endpoint_host, s.vendor, n.created_at, n.expires_at, n.created_at
-             FROM sends n JOIN subscriptions s ON s.app_id = n.app_id AND s.user_id = n.user_id
-             RETURNING notification_id
-         )
-         SELECT notification_id, count(*) FROM fanned GROUP BY notification_id",
+    let (now, lease_until, budget) = match reserved {
+        Some(r) => (r.now, r.lease_until, r.permits.len() as i64),
+        None => (0, 0, 0),
+    };
+    let rows = sqlx::query(
+        "SELECT * FROM herald_store_to_users($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&ids)
     .bind(&apps)
@@ -1116,9 +1212,31 @@ async fn store_together(
     .bind(&created)
     .bind(&expires)
     .bind(&users)
+    .bind(now)
+    .bind(lease_until)
+    .bind(budget)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    let mut stored = StoredSends {
+        counts: ids.iter().map(|id| (id.to_string(), 0)).collect(),
+        leased: Vec::new(),
+        waiting: 0,
+    };
+    let mut leased = Vec::new();
+    for r in &rows {
+        let notification_id: &str = r.get("notification_id");
+        *stored
+            .counts
+            .entry(notification_id.to_string())
+            .or_default() += 1;
+        if r.get("leased") {
+            leased.push(r);
+        } else {
+            stored.waiting += 1;
+        }
+    }
+    stored.leased = claimed_rows(leased)?;
+    Ok(stored)
 }
 
 /// Stores one notification with its fan-out; answers its number of
@@ -1267,6 +1385,26 @@ fn subscription_row(r: &PgRow) -> Result<SubscriptionRow> {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
+}
+
+/// Decodes the rows of a claim; rows of one notification share one
+/// decoded `Notice`.
+fn claimed_rows<'r>(rows: impl IntoIterator<Item = &'r PgRow>) -> Result<Vec<Claimed>> {
+    let mut notices: std::collections::HashMap<String, Arc<Notice>> = Default::default();
+    rows.into_iter()
+        .map(|r| {
+            let notification_id: String = r.get("notification_id");
+            let notice = match notices.get(&notification_id) {
+                Some(notice) => notice.clone(),
+                None => {
+                    let notice = Arc::new(Notice::from_row(r)?);
+                    notices.insert(notification_id.clone(), notice.clone());
+                    notice
+                }
+            };
+            Ok(claimed_row(r, notification_id, notice))
+        })
+        .collect()
 }
 
 fn claimed_row(r: &PgRow, notification_id: String, notice: Arc<Notice>) -> Claimed {
