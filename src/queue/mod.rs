@@ -72,7 +72,6 @@ struct Inner {
     sender: Arc<Sender>,
     wake: Notify,
     permits: Arc<Semaphore>,
-    concurrency: usize,
     claim_batch: u32,
     lease: Duration,
     retention: Duration,
@@ -86,6 +85,8 @@ struct Inner {
     /// The dispatcher found due work it could not claim for want of app
     /// room, and waits for a recorded batch to free some.
     waiting_for_room: AtomicBool,
+    /// Deliveries handed to senders and not yet finished ([`Queue::in_flight`]).
+    sending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Queue {
@@ -103,7 +104,6 @@ impl Queue {
                 sender,
                 wake: Notify::new(),
                 permits: Arc::new(Semaphore::new(concurrency)),
-                concurrency,
                 claim_batch,
                 lease,
                 retention,
@@ -111,6 +111,7 @@ impl Queue {
                 stopping: AtomicBool::new(false),
                 batches_recorded: AtomicU64::new(0),
                 waiting_for_room: AtomicBool::new(false),
+                sending: Default::default(),
             }),
         }
     }
@@ -131,9 +132,11 @@ impl Queue {
         n <= self.inner.permits.available_permits() as u64
     }
 
-    /// Requests in flight in this instance.
+    /// Deliveries this instance is sending: claimed and handed to a sender,
+    /// not yet passed to the recorder. Permits the dispatcher holds for a
+    /// claim under way are not counted: that claim may find nothing.
     pub fn in_flight(&self) -> usize {
-        self.inner.concurrency - self.inner.permits.available_permits()
+        self.inner.sending.load(Ordering::Relaxed)
     }
 
     /// Runs the dispatcher, recorder and maintenance until `stop` is cancelled.
@@ -240,7 +243,7 @@ impl Queue {
                 let permit = permits
                     .pop()
                     .expect("a claim returns at most as many rows as it was given permits");
-                spawn_send(&q.sender, c, permit, tx.clone());
+                spawn_send(q, c, permit, tx.clone());
             }
             if took_all {
                 drop(permits);
@@ -391,12 +394,13 @@ fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Finished>, items: &mut Vec<Fini
 
 /// Sends one delivery on a task of its own; its outcome goes to the recorder.
 fn spawn_send(
-    sender: &Arc<Sender>,
+    q: &Inner,
     c: Claimed,
     permit: OwnedSemaphorePermit,
     tx: mpsc::UnboundedSender<Finished>,
 ) {
-    let sender = sender.clone();
+    let sender = q.sender.clone();
+    let sending = Sending::new(&q.sending);
     tokio::spawn(async move {
         let Decision {
             disposition,
@@ -420,7 +424,24 @@ fn spawn_send(
             app_id,
             permit,
         ));
+        drop(sending);
     });
+}
+
+/// Counts one delivery in [`Queue::in_flight`] while it lives.
+struct Sending(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Sending {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Sending(count.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The queue as the store sees it. Weak, so a store outliving its queue (a
@@ -461,7 +482,7 @@ impl Intake for QueueIntake {
         // claimed again, as for any send cut short by a shutdown.
         let tx = q.finished.read().expect("intake lock").clone();
         if let Some(tx) = tx {
-            spawn_send(&q.sender, claimed, permit, tx);
+            spawn_send(&q, claimed, permit, tx);
         }
     }
 
