@@ -10,10 +10,10 @@
 //! - Event-driven: storing work calls [`Queue::wake`]; the dispatcher claims at
 //!   once. With nothing due it sleeps until the earliest due time or lease
 //!   expiry that the database reports, or until woken: never a polling period.
-//! - A send to users skips the dispatcher: the store hands the new
-//!   deliveries to this queue ([`Intake`]), on SQLite leased in the
-//!   transaction that stores them, on PostgreSQL by a claim of exactly the
-//!   stored ids; it wakes the dispatcher only for what did not fit.
+//! - A send to users skips the dispatcher: the statement that stores it
+//!   leases the new deliveries to this queue, within its free permits and
+//!   the app's `max_concurrency`, and the store hands them over
+//!   ([`Intake`]); it wakes the dispatcher only for what did not fit.
 //! - At-least-once: a claim is a lease in the database. If this process dies,
 //!   the lease runs out and any worker claims the delivery again. A busy
 //!   dispatcher looks for such leases about once a second

@@ -178,9 +178,8 @@ pub enum Accepted {
 /// they start without waiting for the dispatcher's claim. On SQLite, where
 /// one process owns the database, a send to a user is then stored already
 /// leased and goes straight to a sender: no second transaction between the
-/// 202 and the push. On PostgreSQL the instance that stored it claims
-/// exactly the deliveries it stored, so instances do not take each other's
-/// fresh work.
+/// 202 and the push. On PostgreSQL the same holds for the instance that
+/// stored it, and instances do not take each other's fresh work.
 pub trait Intake: Send + Sync {
     /// Free room for at most `wanted` deliveries, held until used or dropped.
     fn reserve(&self, wanted: usize) -> Reservation;
@@ -379,10 +378,8 @@ impl Store {
     }
 
     /// Hands new deliveries to `intake` as they are stored: sends to users
-    /// start there without waiting for a claim of the dispatcher's (on
-    /// SQLite leased by the statement that stores them, on PostgreSQL by a
-    /// claim of exactly what was stored), and the store wakes it for the
-    /// rest.
+    /// are leased to it by the statement that stores them and start there
+    /// without a claim, and the store wakes it for the rest.
     pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
         match self {
             Store::Sqlite(s) => s.attach_intake(intake),

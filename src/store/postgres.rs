@@ -99,29 +99,24 @@ pub struct PgStore {
     options: Arc<PgConnectOptions>,
     /// `current_schema()` of the connections: the notification payload.
     schema: Arc<str>,
-    /// Tells the other instances about new work.
-    announcer: Announcer,
-    /// This instance's queue, once it runs: sends to users start there as
-    /// they are stored ([`store_user_sends`]).
-    intake: Arc<OnceLock<Arc<dyn Intake>>>,
+    /// Where new work goes: this instance's queue and the other instances.
+    handover: Arc<Handover>,
     /// Sends to one user waiting to be stored together ([`user_send_loop`]).
     user_sends: tokio::sync::mpsc::Sender<UserSend>,
 }
 
-/// Asks the announcer task for `pg_notify`s ([`announce_loop`]).
-#[derive(Clone)]
-struct Announcer {
+/// Where stored work goes: to this instance's queue, and announced to the
+/// other instances when this one cannot start it all. Shared by the store
+/// handles and [`user_send_loop`].
+struct Handover {
+    /// This instance's queue, once it runs: sends to users start there as
+    /// they are stored ([`store_user_sends`]).
+    intake: OnceLock<Arc<dyn Intake>>,
+    /// Asks the announcer task for `pg_notify`s ([`announce_loop`]).
     wanted: tokio::sync::mpsc::Sender<()>,
     /// Whether this instance's own queue can start this many deliveries at
     /// once; set by [`PgStore::subscribe_wakeups`].
-    local_room: Arc<OnceLock<RoomProbe>>,
-}
-
-/// What [`user_send_loop`] needs to start the deliveries it stored in this
-/// instance's queue, and to tell the others about the rest.
-struct Handover {
-    intake: Arc<OnceLock<Arc<dyn Intake>>>,
-    announcer: Announcer,
+    local_room: OnceLock<RoomProbe>,
 }
 
 /// A send to one user waiting for [`user_send_loop`] to store it; the
@@ -233,24 +228,19 @@ impl PgStore {
             .into();
         let (wanted_tx, wanted) = tokio::sync::mpsc::channel(1);
         tokio::spawn(announce_loop(queue.clone(), schema.clone(), wanted));
-        let announcer = Announcer {
+        let handover = Arc::new(Handover {
+            intake: OnceLock::new(),
             wanted: wanted_tx,
-            local_room: Arc::new(OnceLock::new()),
-        };
-        let intake: Arc<OnceLock<Arc<dyn Intake>>> = Arc::new(OnceLock::new());
+            local_room: OnceLock::new(),
+        });
         let (user_sends, waiting) = tokio::sync::mpsc::channel(4 * USER_SEND_BATCH);
-        let handover = Handover {
-            intake: intake.clone(),
-            announcer: announcer.clone(),
-        };
-        tokio::spawn(user_send_loop(pool.clone(), handover, waiting));
+        tokio::spawn(user_send_loop(pool.clone(), handover.clone(), waiting));
         Ok(PgStore {
             pool,
             queue,
             options: Arc::new(options),
             schema,
-            announcer,
-            intake,
+            handover,
             user_sends,
         })
     }
@@ -273,14 +263,14 @@ impl PgStore {
     ///
     /// `room` tells new sends whether this instance's queue can start them at
     /// once; only work it cannot is announced (see
-    /// [`Announcer::announce_unless_local`]).
+    /// [`Handover::announce_unless_local`]).
     pub fn subscribe_wakeups(
         &self,
         on_wake: Arc<dyn Fn() + Send + Sync>,
         room: RoomProbe,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let _ = self.announcer.local_room.set(room);
+        let _ = self.handover.local_room.set(room);
         let options = (*self.options).clone().application_name(&format!(
             "{}-listener",
             self.options.get_application_name().unwrap_or("herald")
@@ -572,7 +562,7 @@ impl PgStore {
                 Recipients::User(_) => self.store_user_send(n).await?,
                 _ => {
                     let deliveries = store_one(&self.pool, n).await?;
-                    self.queue_stored(deliveries);
+                    self.handover.queue_stored(deliveries);
                     deliveries
                 }
             };
@@ -619,35 +609,23 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.queue_stored(deliveries);
+        self.handover.queue_stored(deliveries);
         Ok(Accepted::Created {
             id: n.id.clone(),
             deliveries,
         })
     }
 
-    /// Wakes this instance's queue for `deliveries` new ones, and tells the
-    /// other instances if it cannot start them all.
-    fn queue_stored(&self, deliveries: u64) {
-        if deliveries == 0 {
-            return;
-        }
-        if let Some(intake) = self.intake.get() {
-            intake.wake();
-        }
-        self.announcer.announce_unless_local(deliveries);
-    }
-
     /// Hands new deliveries to `intake`: sends to users start there as
     /// they are stored, and the store wakes it for everything else (see
     /// [`PgStore::wakes_queue`]).
     pub fn attach_intake(&self, intake: Arc<dyn Intake>) {
-        let _ = self.intake.set(intake);
+        let _ = self.handover.intake.set(intake);
     }
 
     /// Whether storing work wakes the local queue by itself.
     pub fn wakes_queue(&self) -> bool {
-        self.intake.get().is_some()
+        self.handover.intake.get().is_some()
     }
 
     /// Stores a send to one user together with the others waiting.
@@ -982,23 +960,34 @@ impl PgStore {
     /// commits behind one another. Requests made while one announcement is
     /// under way are folded into the next.
     fn announce(&self) {
-        self.announcer.announce();
+        self.handover.announce();
     }
 }
 
-impl Announcer {
+impl Handover {
     /// See [`PgStore::announce`].
     fn announce(&self) {
         let _ = self.wanted.try_send(());
     }
 
+    /// Wakes this instance's queue for `deliveries` stored and not started,
+    /// and tells the other instances if it cannot start them all.
+    fn queue_stored(&self, deliveries: u64) {
+        if deliveries == 0 {
+            return;
+        }
+        if let Some(intake) = self.intake.get() {
+            intake.wake();
+        }
+        self.announce_unless_local(deliveries);
+    }
+
     /// Announces new deliveries only if this instance's queue, which has
     /// been woken for them or started them already, cannot start all of
-    /// them at once. A send to one user
-    /// then costs no `NOTIFY`, and does not wake every other instance into
-    /// a claim that finds nothing; a broadcast still brings every instance
-    /// in. Without a local queue (a store used on its own) every send is
-    /// announced.
+    /// them at once. A send to one user then costs no `NOTIFY`, and does not
+    /// wake every other instance into a claim that finds nothing; a
+    /// broadcast still brings every instance in. Without a local queue (a
+    /// store used on its own) every send is announced.
     fn announce_unless_local(&self, deliveries: u64) {
         match self.local_room.get() {
             Some(room) if room(deliveries) => {}
@@ -1049,10 +1038,9 @@ async fn announce_loop(
 /// every store handle is dropped.
 async fn user_send_loop(
     pool: PgPool,
-    handover: Handover,
+    handover: Arc<Handover>,
     mut waiting: tokio::sync::mpsc::Receiver<UserSend>,
 ) {
-    let handover = Arc::new(handover);
     let writers = Arc::new(tokio::sync::Semaphore::new(USER_SEND_WRITERS));
     let mut last_batch = None::<tokio::time::Instant>;
     loop {
@@ -1102,25 +1090,17 @@ const HANDOVER_PER_SEND: usize = 4;
 /// caller with the error and the others are stored; those wait for a claim.
 async fn store_user_sends(pool: &PgPool, handover: &Handover, batch: Vec<UserSend>) {
     let intake = handover.intake.get();
+    // Without a local queue nothing is reserved, and nothing is leased.
     let reserved = intake.map(|intake| intake.reserve(HANDOVER_PER_SEND * batch.len()));
     match store_together(pool, &batch, reserved.as_ref()).await {
         Ok(stored) => {
-            let mut waiting = stored.waiting;
-            match (intake, reserved) {
-                (Some(intake), Some(reserved)) => {
-                    // Room reserved but not used goes back as its permits drop.
-                    for (claimed, permit) in stored.leased.into_iter().zip(reserved.permits) {
-                        intake.start(claimed, permit);
-                    }
-                    if waiting > 0 {
-                        intake.wake();
-                    }
+            if let (Some(intake), Some(reserved)) = (intake, reserved) {
+                // Room reserved but not used goes back as its permits drop.
+                for (claimed, permit) in stored.leased.into_iter().zip(reserved.permits) {
+                    intake.start(claimed, permit);
                 }
-                _ => waiting += stored.leased.len() as u64,
             }
-            if waiting > 0 {
-                handover.announcer.announce_unless_local(waiting);
-            }
+            handover.queue_stored(stored.waiting);
             for job in batch {
                 let n = stored
                     .counts
@@ -1138,12 +1118,7 @@ async fn store_user_sends(pool: &PgPool, handover: &Handover, batch: Vec<UserSen
                 waiting += result.as_ref().map_or(0, |n| *n);
                 let _ = job.reply.send(result);
             }
-            if waiting > 0 {
-                if let Some(intake) = intake {
-                    intake.wake();
-                }
-                handover.announcer.announce_unless_local(waiting);
-            }
+            handover.queue_stored(waiting);
         }
     }
 }
@@ -1224,11 +1199,9 @@ async fn store_together(
     };
     let mut leased = Vec::new();
     for r in &rows {
-        let notification_id: &str = r.get("notification_id");
-        *stored
-            .counts
-            .entry(notification_id.to_string())
-            .or_default() += 1;
+        if let Some(count) = stored.counts.get_mut(r.get::<&str, _>("notification_id")) {
+            *count += 1;
+        }
         if r.get("leased") {
             leased.push(r);
         } else {
