@@ -1740,18 +1740,31 @@ impl herald::store::Intake for FakeIntake {
     }
 }
 
-/// Sends to `users` at once, so the store commits them together.
-async fn send_to_users(store: &Store, app: &AppRow, users: &[&str]) -> Vec<NewNotification> {
+/// Sends to `users` at once, so the store commits them together; answers
+/// the sends and the deliveries each was answered with.
+async fn send_to_users(
+    store: &Store,
+    app: &AppRow,
+    users: &[&str],
+) -> (Vec<NewNotification>, Vec<u64>) {
     let sends: Vec<NewNotification> = users
         .iter()
         .map(|u| notification(app, Recipients::User(u.to_string()), now()))
         .collect();
-    for r in
-        futures::future::join_all(sends.iter().map(|n| store.notification_create(n, None, 0))).await
-    {
-        r.unwrap();
+    let mut deliveries = Vec::new();
+    for (n, r) in sends.iter().zip(
+        futures::future::join_all(sends.iter().map(|n| store.notification_create(n, None, 0)))
+            .await,
+    ) {
+        match r.unwrap() {
+            Accepted::Created { id, deliveries: d } => {
+                assert_eq!(id, n.id);
+                deliveries.push(d);
+            }
+            other => panic!("a new send was answered {other:?}"),
+        }
     }
-    sends
+    (sends, deliveries)
 }
 
 async fn sends_to_users_start_in_the_local_queue_as_they_are_stored(db: &Db) {
@@ -1764,7 +1777,8 @@ async fn sends_to_users_start_in_the_local_queue_as_they_are_stored(db: &Db) {
     let intake = FakeIntake::attach(store, 100);
     assert!(store.wakes_queue());
     // Two of them to bob, stored together: each of his devices gets both.
-    let sends = send_to_users(store, &app, &["ann", "bob", "cy", "bob"]).await;
+    let (sends, deliveries) = send_to_users(store, &app, &["ann", "bob", "cy", "bob"]).await;
+    assert_eq!(deliveries, [1, 2, 1, 2], "each send answers its own devices");
 
     // All six deliveries went to the queue, leased, with what a claim
     // gives, before the sends were answered.
@@ -1909,7 +1923,6 @@ async fn sends_to_users_through_two_instances_share_max_concurrency(db: &Db) {
     );
     // Each instance stored what it was sent and started what the app's
     // room allowed; the rest waits for a claim.
-
     let started: Vec<i64> = queues
         .iter()
         .flat_map(|q| q.started())

@@ -1101,12 +1101,7 @@ async fn store_user_sends(pool: &PgPool, handover: &Handover, batch: Vec<UserSen
                 }
             }
             handover.queue_stored(stored.waiting);
-            for job in batch {
-                let n = stored
-                    .counts
-                    .get(&job.notification.id)
-                    .copied()
-                    .unwrap_or(0);
+            for (job, n) in batch.into_iter().zip(stored.counts) {
                 let _ = job.reply.send(Ok(n));
             }
         }
@@ -1125,8 +1120,8 @@ async fn store_user_sends(pool: &PgPool, handover: &Handover, batch: Vec<UserSen
 
 /// What [`store_together`] stored.
 struct StoredSends {
-    /// Deliveries per notification.
-    counts: std::collections::HashMap<String, u64>,
+    /// Deliveries per send, in the batch's order.
+    counts: Vec<u64>,
     /// The deliveries leased to the local queue, as a claim returns them.
     leased: Vec<Claimed>,
     /// Deliveries stored pending, for a claim.
@@ -1192,15 +1187,17 @@ async fn store_together(
     .bind(budget)
     .fetch_all(pool)
     .await?;
+    let position: std::collections::HashMap<&str, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut stored = StoredSends {
-        counts: ids.iter().map(|id| (id.to_string(), 0)).collect(),
+        counts: vec![0; batch.len()],
         leased: Vec::new(),
         waiting: 0,
     };
     let mut leased = Vec::new();
     for r in &rows {
-        if let Some(count) = stored.counts.get_mut(r.get::<&str, _>("notification_id")) {
-            *count += 1;
+        if let Some(&i) = position.get(r.get::<&str, _>("notification_id")) {
+            stored.counts[i] += 1;
         }
         if r.get("leased") {
             leased.push(r);
