@@ -62,10 +62,9 @@ fn main() {
         (
             "ECDH P-256: new key + agreement",
             measure(|| {
-                let key = aws_lc_rs::agreement::PrivateKey::generate(
-                    &aws_lc_rs::agreement::ECDH_P256,
-                )
-                .unwrap();
+                let key =
+                    aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256)
+                        .unwrap();
                 black_box(key.compute_public_key().unwrap());
                 let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(
                     &aws_lc_rs::agreement::ECDH_P256,
@@ -147,9 +146,8 @@ fn main() {
     // library's.
     let rng = ring::rand::SystemRandom::new();
     let ring_ecdh = measure(|| {
-        let key =
-            ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng)
-                .unwrap();
+        let key = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng)
+            .unwrap();
         black_box(key.compute_public_key().unwrap());
         let peer = ring::agreement::UnparsedPublicKey::new(&ring::agreement::ECDH_P256, &ua_point);
         ring::agreement::agree_ephemeral(key, &peer, |s| {
@@ -157,6 +155,9 @@ fn main() {
         })
         .unwrap();
     });
-    println!("{:<34} {ring_ecdh:>14.2} (ring)", "ECDH P-256: new key + agreement");
+    println!(
+        "{:<34} {ring_ecdh:>14.2} (ring)",
+        "ECDH P-256: new key + agreement"
+    );
     println!();
 }

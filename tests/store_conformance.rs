@@ -1778,7 +1778,11 @@ async fn sends_to_users_start_in_the_local_queue_as_they_are_stored(db: &Db) {
     assert!(store.wakes_queue());
     // Two of them to bob, stored together: each of his devices gets both.
     let (sends, deliveries) = send_to_users(store, &app, &["ann", "bob", "cy", "bob"]).await;
-    assert_eq!(deliveries, [1, 2, 1, 2], "each send answers its own devices");
+    assert_eq!(
+        deliveries,
+        [1, 2, 1, 2],
+        "each send answers its own devices"
+    );
 
     // All six deliveries went to the queue, leased, with what a claim
     // gives, before the sends were answered.

@@ -1,4 +1,4 @@
-// Runs a command against a fresh Herald (target/debug/herald, or HERALD_BIN):
+// Runs a command against a fresh Herald (the debug build, or HERALD_BIN):
 //
 //   node tests/browser/with-herald.mjs node tests/browser/run.mjs
 //

@@ -6,7 +6,7 @@
 //   node tests/browser/firefox/e2e.mjs
 //
 // Needs /usr/bin/firefox-esr (FIREFOX_PATH), geckodriver (GECKODRIVER),
-// openssl and a built Herald (target/debug/herald, or HERALD_BIN); see
+// openssl and a built Herald (the debug build, or HERALD_BIN); see
 // scripts/install-browser-deps.sh. Logs and screenshots go to
 // test-artifacts/browser/firefox-*.
 import { describe, test, before, after } from 'node:test';

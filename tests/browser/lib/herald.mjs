@@ -1,6 +1,6 @@
-// Starts a real Herald (target/debug/herald, or HERALD_BIN) in a temporary
-// directory with its own SQLite database, keys and admin token, and helpers
-// for processes the browser tests start.
+// Starts a real Herald (debug/herald under the cargo target directory, or
+// HERALD_BIN) in a temporary directory with its own SQLite database, keys
+// and admin token, and helpers for processes the browser tests start.
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -11,7 +11,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-export const HERALD_BIN = process.env.HERALD_BIN || path.join(ROOT, 'target/debug/herald');
+// Where `cargo build` put it: target/, or CARGO_TARGET_DIR when set.
+const TARGET_DIR = process.env.CARGO_TARGET_DIR
+  ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR)
+  : path.join(ROOT, 'target');
+export const HERALD_BIN = process.env.HERALD_BIN || path.join(TARGET_DIR, 'debug/herald');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
