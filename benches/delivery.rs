@@ -407,6 +407,37 @@ fn vm_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The CPU's model and the vector extensions its P-256 and AES code can
+/// use: the machine behind the same name has changed from day to day (with
+/// and without AVX-512), and figures from different days compare only with
+/// this beside them.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let extensions: Vec<&str> = [
+        ("avx2", "AVX2"),
+        ("avx512f", "AVX-512"),
+        ("avx512ifma", "IFMA"),
+        ("vaes", "VAES"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| has(flag))
+    .map(|(_, name)| name)
+    .collect();
+    match field("model name") {
+        m if m.is_empty() => "unknown CPU".into(),
+        m => format!("{m} ({})", extensions.join(", ")),
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1641,13 +1672,14 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     eprintln!(
-        "Herald delivery benchmark: {} subscriptions, {} run(s), load average {} on {} cores{}",
+        "Herald delivery benchmark: {} subscriptions, {} run(s), load average {} on {} cores, {}{}",
         opts.subs,
         opts.runs,
         loadavg(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
+        cpu_model(),
         if herald_env.is_empty() {
             String::new()
         } else {
@@ -2333,7 +2365,7 @@ fn report(
             .unwrap_or_else(|| "–".into())
     };
     println!(
-        "SUMMARY: SQLite {} subs: broadcast {} deliveries/s, per-user {} /s, {} µs CPU/delivery, idle p50 {} ms p99 {} ms, 202 in {} ms, RSS {} MiB idle / {} MiB with {} pending; vs web-push {} throughput, {} CPU; {}; sink {} µs/request; targets met {}/{} ({:.0} s)",
+        "SUMMARY: SQLite {} subs: broadcast {} deliveries/s, per-user {} /s, {} µs CPU/delivery, idle p50 {} ms p99 {} ms, 202 in {} ms, RSS {} MiB idle / {} MiB with {} pending; vs web-push {} throughput, {} CPU; {}; sink {} µs/request; {}; targets met {}/{} ({:.0} s)",
         subs,
         f(b_rate),
         f(u_rate),
@@ -2348,6 +2380,7 @@ fn report(
         ratio(b_cpu, peer_cpu),
         pg_summary,
         f(sink_us),
+        cpu_model(),
         t.met,
         t.judged,
         took.as_secs_f64()
