@@ -153,8 +153,7 @@ impl Application {
             settings.claim_batch,
             settings.lease(),
             Duration::from_secs(settings.retention_hours * 3600),
-        )
-        .context("starting the push threads")?;
+        );
         let state = AppState::new(http::Shared {
             store: store.clone(),
             queue: queue.clone(),

@@ -22,15 +22,12 @@
 //! - A global limit (a semaphore of `concurrency` permits) bounds requests in
 //!   flight; per-app `max_concurrency` is enforced by the claim itself (and by
 //!   the store when it leases deliveries as it stores them).
-//! - Sender tasks run on threads of their own at a lower priority
-//!   ([`push_threads`]), so the API and the store go first on a busy machine.
 //! - Outcomes are written in batches by one recorder, so a busy queue costs a
 //!   transaction per batch, not per delivery. A written batch wakes the
 //!   dispatcher only when that can find work: a retry was scheduled, or the
 //!   dispatcher is waiting for apps at their `max_concurrency` to get room.
 //!   Otherwise every batch would cost a claim that finds nothing.
 
-pub mod push_threads;
 pub mod retry;
 pub mod sender;
 
@@ -43,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::now_millis;
 use crate::store::{Claimed, Disposition, Intake, Recorded, Reservation, Store};
-use push_threads::PushThreads;
 use sender::{Decision, Sender};
 
 /// A finished send on its way to the recorder, with the permit it held.
@@ -74,8 +70,6 @@ pub struct Queue {
 struct Inner {
     store: Store,
     sender: Arc<Sender>,
-    /// Where the sender tasks run ([`push_threads`]).
-    pushes: PushThreads,
     wake: Notify,
     permits: Arc<Semaphore>,
     claim_batch: u32,
@@ -103,12 +97,11 @@ impl Queue {
         claim_batch: u32,
         lease: Duration,
         retention: Duration,
-    ) -> std::io::Result<Self> {
-        Ok(Queue {
+    ) -> Self {
+        Queue {
             inner: Arc::new(Inner {
                 store,
                 sender,
-                pushes: PushThreads::start()?,
                 wake: Notify::new(),
                 permits: Arc::new(Semaphore::new(concurrency)),
                 claim_batch,
@@ -120,7 +113,7 @@ impl Queue {
                 waiting_for_room: AtomicBool::new(false),
                 sending: Default::default(),
             }),
-        })
+        }
     }
 
     /// Work may be due: claim now. Cheap; a wake with no waiter is kept, so a
@@ -408,7 +401,7 @@ fn spawn_send(
 ) {
     let sender = q.sender.clone();
     let sending = Sending::new(&q.sending);
-    q.pushes.handle().spawn(async move {
+    tokio::spawn(async move {
         let Decision {
             disposition,
             config_error,
