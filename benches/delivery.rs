@@ -1616,10 +1616,11 @@ async fn pg_run(
             )
             .await?;
             eprintln!(
-                "    per-user {:.0} deliveries/s, {:.0} µs Herald CPU each, {:.0} µs PostgreSQL",
+                "    per-user {:.0} deliveries/s, {:.0} µs Herald CPU each, {:.0} µs PostgreSQL, POST → 202 p50 {:.2} ms",
                 r.users.rate,
                 r.users.herald_cpu_us.unwrap_or(f64::NAN),
-                r.users.db_cpu_us.unwrap_or(f64::NAN)
+                r.users.db_cpu_us.unwrap_or(f64::NAN),
+                r.users.api_p50_ms.unwrap_or(f64::NAN)
             );
             anyhow::Ok(())
         }
