@@ -1740,6 +1740,21 @@ impl herald::store::Intake for FakeIntake {
     }
 }
 
+/// Waits until `handed_over` holds. A store answers the sends of a batch
+/// first and hands their deliveries to the queue right after, in the same
+/// step (so the 202s do not wait behind the pushes); a caller holding its
+/// answer may look a moment before that.
+async fn once(handed_over: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !handed_over() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never handed over: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Sends to `users` at once, so the store commits them together; answers
 /// the sends and the deliveries each was answered with.
 async fn send_to_users(
@@ -1785,7 +1800,8 @@ async fn sends_to_users_start_in_the_local_queue_as_they_are_stored(db: &Db) {
     );
 
     // All six deliveries went to the queue, leased, with what a claim
-    // gives, before the sends were answered.
+    // gives, as the sends were answered.
+    once(|| intake.started().len() >= 6, "six deliveries").await;
     let started = intake.started();
     assert_eq!(started.len(), 6);
     assert_eq!(intake.wakes(), 0, "nothing left to claim");
@@ -1868,8 +1884,8 @@ async fn only_what_the_queue_and_the_app_have_room_for_is_started(db: &Db) {
     let intake = FakeIntake::attach(store, 5);
     send_to_users(store, &app, &users).await;
 
+    once(|| intake.wakes() > 0, "the rest is claimable").await;
     assert_eq!(intake.started().len(), 3, "the app's max_concurrency holds");
-    assert!(intake.wakes() > 0, "the rest is claimable");
     assert_eq!(
         rows(store, &app, Some(DeliveryStatus::InFlight))
             .await
@@ -1888,7 +1904,11 @@ async fn only_what_the_queue_and_the_app_have_room_for_is_started(db: &Db) {
     sub(store, &paused, "p").await;
     let wakes = intake.wakes();
     send_to_users(store, &paused, &["p"]).await;
-    assert!(intake.wakes() > wakes, "the paused app's send is claimable");
+    once(
+        || intake.wakes() > wakes,
+        "the paused app's send is claimable",
+    )
+    .await;
     assert_eq!(intake.started().len(), 3);
     assert_eq!(
         rows(store, &paused, Some(DeliveryStatus::Pending))
@@ -1926,7 +1946,13 @@ async fn sends_to_users_through_two_instances_share_max_concurrency(db: &Db) {
         send_to_users(&other, &app, &second)
     );
     // Each instance stored what it was sent and started what the app's
-    // room allowed; the rest waits for a claim.
+    // room allowed; the rest waits for a claim. Each instance was sent more
+    // than the app has room for, so each wakes its queue once it is done.
+    once(
+        || queues.iter().all(|q| q.wakes() > 0),
+        "both instances' sends",
+    )
+    .await;
     let started: Vec<i64> = queues
         .iter()
         .flat_map(|q| q.started())
