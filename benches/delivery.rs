@@ -22,7 +22,12 @@
 //!   subscriptions on the same sink, 64 requests in flight over a keep-alive
 //!   agent: its deliveries/s and CPU per delivery are the reference;
 //! - when `Store::connect` accepts a PostgreSQL URL, the broadcast and the
-//!   per-user sends again on PostgreSQL with one, two and three instances.
+//!   per-user sends again on PostgreSQL with one, two and three instances
+//!   sharing one database, and, as a control, three instances with a
+//!   database each: nothing shared, so nothing to coordinate. What three
+//!   instances lose against one beyond what the control loses is what
+//!   coordinating through one database costs; the rest is what three
+//!   processes cost on this machine.
 //!
 //! Figures are medians over runs; a table, then one summary line.
 //! `--help` lists the options.
@@ -73,6 +78,8 @@ struct Opts {
     pg_url: String,
     pg_instances: Vec<usize>,
     pg_runs: usize,
+    /// Also run the largest instance count with a database each.
+    pg_control: bool,
     herald_bin: PathBuf,
 }
 
@@ -91,7 +98,9 @@ delivery benchmark (run through scripts/bench.sh)
   --pg-url URL         PostgreSQL server to create scratch databases on
                        (default $HERALD_BENCH_PG_URL or postgres://127.0.0.1:5432/test)
   --pg-instances LIST  instance counts on PostgreSQL (default 1,2,3)
-  --pg-runs N          runs per instance count (default 1; 3 add about 6 minutes)
+  --pg-runs N          runs per instance count (default 1; 3 add about 7 minutes)
+  --no-pg-control      skip the control: the largest instance count again, each
+                       instance on a database of its own (nothing shared)
   --herald PATH        Herald binary (default target/release/herald)
 
 Herald runs with its defaults plus what the benchmark needs (bind, database,
@@ -112,6 +121,7 @@ impl Opts {
             pg_url: String::new(),
             pg_instances: Vec::new(),
             pg_runs: 0,
+            pg_control: false,
             herald_bin: env!("CARGO_BIN_EXE_herald").into(),
         }
     }
@@ -134,6 +144,7 @@ impl Opts {
                 .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into()),
             pg_instances: vec![1, 2, 3],
             pg_runs: 0,
+            pg_control: true,
             herald_bin: target_dir.join("release/herald"),
         };
         let mut it = args.iter();
@@ -161,6 +172,7 @@ impl Opts {
                         .collect::<Result<_, _>>()?
                 }
                 "--pg-runs" => o.pg_runs = value()?.parse()?,
+                "--no-pg-control" => o.pg_control = false,
                 // Herald starts in a scratch directory: resolve a relative path now.
                 "--herald" => o.herald_bin = std::path::absolute(value()?)?,
                 "--help" | "-h" => {
@@ -1048,7 +1060,10 @@ impl DeliveryMeter {
     }
 }
 
-/// One broadcast to every subscription, through `bases[0]`.
+/// A broadcast to every subscription, sent at once through as many of
+/// `bases` as `expect` has entries, the i-th expected to queue `expect[i]`
+/// deliveries: through one instance when they share a database, through
+/// each when each has its own. The 202 time is the slowest call's.
 async fn phase_broadcast(
     c: &Common,
     sink: &mut SinkProc,
@@ -1056,13 +1071,26 @@ async fn phase_broadcast(
     db: &DbCpu,
     bases: &[String],
     app: &Seeded,
-    n: u64,
+    expect: &[u64],
 ) -> anyhow::Result<Throughput> {
     let meter = DeliveryMeter::start(c, sink, pids, db).await?;
-    let (accept, queued) = send(c, &bases[0], app, broadcast_body()).await?;
-    if queued != n {
-        bail!("the broadcast queued {queued} deliveries, expected {n}");
+    let calls = bases
+        .iter()
+        .zip(expect)
+        .map(|(base, _)| send(c, base, app, broadcast_body()));
+    let mut accept = Duration::ZERO;
+    for (answer, &n) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(expect)
+    {
+        let (took, queued) = answer?;
+        if queued != n {
+            bail!("the broadcast queued {queued} deliveries, expected {n}");
+        }
+        accept = accept.max(took);
     }
+    let n = expect.iter().sum();
     Ok(Throughput {
         accept_ms: ms(accept),
         ..meter.finish(c, sink, pids, db, bases, n).await?
@@ -1425,7 +1453,7 @@ async fn sqlite_run(
         &DbCpu::none(),
         &bases,
         app,
-        o.subs as u64,
+        &[o.subs as u64],
     )
     .await?;
     eprintln!(
@@ -1512,6 +1540,14 @@ struct PgRun {
     users: Throughput,
 }
 
+/// The PostgreSQL runs: by instance count on one database, and the control
+/// (that many instances with a database each), if it ran.
+#[derive(Debug, Default)]
+struct PgResults {
+    shared: BTreeMap<usize, Vec<PgRun>>,
+    control: Option<(usize, Vec<PgRun>)>,
+}
+
 fn pg_url_for(base: &str, db: &str) -> anyhow::Result<String> {
     let mut u = url::Url::parse(base)?;
     u.set_path(&format!("/{db}"));
@@ -1561,35 +1597,85 @@ async fn pg_template(s: &Setup, master: &MasterKey, name: &str) -> anyhow::Resul
     Ok(seeded)
 }
 
+/// How a run's instances use PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Layout {
+    /// One database, one queue: the deployment being measured.
+    Shared,
+    /// The control, with nothing to coordinate: each instance on a copy of
+    /// the template that keeps only its share of the subscriptions, the
+    /// users the per-user phase sends to through it. A broadcast goes
+    /// through every instance, each to its share.
+    Separate,
+}
+
 async fn pg_run(
     s: &Setup,
     sink: &mut SinkProc,
     template: &str,
     app: &Arc<Seeded>,
     instances: usize,
+    layout: Layout,
     run: usize,
 ) -> anyhow::Result<PgRun> {
     let c = &s.common;
     let o = &c.opts;
     let admin = &o.pg_url;
-    let db = format!("{template}_run");
-    pg_exec(
-        admin,
-        &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
-    )
-    .await?;
-    pg_exec(
-        admin,
-        &format!("CREATE DATABASE \"{db}\" TEMPLATE \"{template}\""),
-    )
-    .await?;
-    let url = pg_url_for(admin, &db)?;
-    let dir = s.work.path().join(format!("pg-{instances}-run-{run}"));
+    let dbs: Vec<String> = match layout {
+        Layout::Shared => vec![format!("{template}_run")],
+        Layout::Separate => (0..instances)
+            .map(|i| format!("{template}_run_{i}"))
+            .collect(),
+    };
+    let mut urls = Vec::new();
+    let mut expect = Vec::new();
+    for (i, db) in dbs.iter().enumerate() {
+        pg_exec(
+            admin,
+            &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        )
+        .await?;
+        pg_exec(
+            admin,
+            &format!("CREATE DATABASE \"{db}\" TEMPLATE \"{template}\""),
+        )
+        .await?;
+        let url = pg_url_for(admin, db)?;
+        if layout == Layout::Separate {
+            // The per-user phase sends its i-th send through instance
+            // i % instances, to the i-th subscription's user.
+            let keep: Vec<&str> = s
+                .subs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j % instances == i)
+                .map(|(_, sub)| sub.user.as_str())
+                .collect();
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query("DELETE FROM subscriptions WHERE NOT (user_id = ANY($1))")
+                .bind(&keep)
+                .execute(&mut conn)
+                .await?;
+            sqlx::raw_sql("VACUUM ANALYZE subscriptions")
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+            expect.push(keep.len() as u64);
+        } else {
+            expect.push(o.subs as u64);
+        }
+        urls.push(url);
+    }
+    let dir = s
+        .work
+        .path()
+        .join(format!("pg-{instances}-{layout:?}-run-{run}"));
     std::fs::create_dir_all(&dir)?;
     let result = async {
         let mut hs = Vec::new();
         for i in 0..instances {
-            hs.push(start_herald(c, &dir, &url, &format!("herald-{i}")).await?);
+            let url = &urls[i.min(urls.len() - 1)];
+            hs.push(start_herald(c, &dir, url, &format!("herald-{i}")).await?);
         }
         let pids: Vec<u32> = hs.iter().map(|h| h.pid).collect();
         let bases: Vec<String> = hs.iter().map(|h| h.base.clone()).collect();
@@ -1597,8 +1683,7 @@ async fn pg_run(
         let db_cpu = pg_server(admin).await?;
         let mut r = PgRun::default();
         let outcome = async {
-            r.broadcast =
-                phase_broadcast(c, sink, &pids, &db_cpu, &bases, app, o.subs as u64).await?;
+            r.broadcast = phase_broadcast(c, sink, &pids, &db_cpu, &bases, app, &expect).await?;
             eprintln!(
                 "    broadcast {:.0} deliveries/s, {:.0} µs Herald CPU each, {:.0} µs PostgreSQL",
                 r.broadcast.rate,
@@ -1634,11 +1719,13 @@ async fn pg_run(
         outcome.map(|_| r)
     }
     .await;
-    let _ = pg_exec(
-        admin,
-        &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
-    )
-    .await;
+    for db in &dbs {
+        let _ = pg_exec(
+            admin,
+            &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        )
+        .await;
+    }
     result
 }
 
@@ -1739,7 +1826,7 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
         sqlite_runs.push(sqlite_run(&setup, &mut sink, &template, &app, run).await?);
     }
 
-    let mut pg: Result<BTreeMap<usize, Vec<PgRun>>, String> = Err("skipped (--no-postgres)".into());
+    let mut pg: Result<PgResults, String> = Err("skipped (--no-postgres)".into());
     if opts.postgres && !opts.pg_instances.is_empty() {
         let name = format!("herald_bench_{}", std::process::id());
         eprintln!("PostgreSQL at {}", herald::app::redact(&opts.pg_url));
@@ -1750,18 +1837,38 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
             }
             Ok(seeded) => {
                 let pg_app = Arc::new(seeded);
-                let mut by_count = BTreeMap::new();
+                let mut results = PgResults::default();
+                let most = opts.pg_instances.iter().copied().max().unwrap_or(1);
+                let mut turns: Vec<(usize, Layout)> = opts
+                    .pg_instances
+                    .iter()
+                    .map(|&k| (k, Layout::Shared))
+                    .collect();
+                if opts.pg_control && most > 1 {
+                    turns.push((most, Layout::Separate));
+                }
                 // Instance counts take turns, so a change in the machine's load
                 // falls on all of them alike.
                 for run in 1..=opts.pg_runs {
-                    for &k in &opts.pg_instances {
+                    for &(k, layout) in &turns {
+                        let how = match layout {
+                            Layout::Shared => "",
+                            Layout::Separate => ", a database each (control)",
+                        };
                         eprintln!(
-                            "PostgreSQL, {k} instance(s), run {run}/{} (load average {})",
+                            "PostgreSQL, {k} instance(s){how}, run {run}/{} (load average {})",
                             opts.pg_runs,
                             loadavg()
                         );
-                        match pg_run(&setup, &mut sink, &name, &pg_app, k, run).await {
-                            Ok(r) => by_count.entry(k).or_insert_with(Vec::new).push(r),
+                        match pg_run(&setup, &mut sink, &name, &pg_app, k, layout, run).await {
+                            Ok(r) => match layout {
+                                Layout::Shared => {
+                                    results.shared.entry(k).or_insert_with(Vec::new).push(r)
+                                }
+                                Layout::Separate => {
+                                    results.control.get_or_insert((k, Vec::new())).1.push(r)
+                                }
+                            },
                             Err(e) => eprintln!("  failed: {e:#}"),
                         }
                     }
@@ -1771,7 +1878,7 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
                     &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
                 )
                 .await;
-                pg = Ok(by_count);
+                pg = Ok(results);
             }
         }
     }
@@ -1991,12 +2098,7 @@ fn thread_rows(t: &mut Table, what: &str, phases: &[&Throughput]) {
     }
 }
 
-fn report(
-    o: &Opts,
-    runs: &[SqliteRun],
-    pg: &Result<BTreeMap<usize, Vec<PgRun>>, String>,
-    took: Duration,
-) {
+fn report(o: &Opts, runs: &[SqliteRun], pg: &Result<PgResults, String>, took: Duration) {
     let mut t = Table {
         rows: Vec::new(),
         met: 0,
@@ -2258,76 +2360,18 @@ fn report(
             t.section(&format!("Herald on PostgreSQL: {why}"));
             "PostgreSQL not measured".into()
         }
-        Ok(by_count) => {
+        Ok(PgResults {
+            shared: by_count,
+            control,
+        }) => {
             t.section(&format!(
                 "Herald on PostgreSQL ({}), {subs} subscriptions",
                 herald::app::redact(&o.pg_url)
             ));
             let mut rates = BTreeMap::new();
             for (k, rs) in by_count {
-                let b = t.row(
-                    &format!("{k} instance(s): broadcast deliveries/s"),
-                    "/s",
-                    rs.iter().map(|r| r.broadcast.rate).collect(),
-                    None,
-                );
-                t.row(
-                    &format!("{k} instance(s): broadcast Herald CPU per delivery (all instances)"),
-                    "µs",
-                    rs.iter()
-                        .map(|r| r.broadcast.herald_cpu_us.unwrap_or(f64::NAN))
-                        .collect(),
-                    None,
-                );
-                t.row(
-                    &format!("{k} instance(s): broadcast PostgreSQL server CPU per delivery"),
-                    "µs",
-                    rs.iter()
-                        .map(|r| r.broadcast.db_cpu_us.unwrap_or(f64::NAN))
-                        .collect(),
-                    None,
-                );
-                t.row(
-                    &format!("{k} instance(s): broadcast POST → 202"),
-                    "ms",
-                    rs.iter().map(|r| r.broadcast.accept_ms).collect(),
-                    None,
-                );
-                let u = t.row(
-                    &format!(
-                        "{k} instance(s): per-user deliveries/s (sends spread over instances)"
-                    ),
-                    "/s",
-                    rs.iter().map(|r| r.users.rate).collect(),
-                    None,
-                );
-                t.row(
-                    &format!("{k} instance(s): per-user Herald CPU per delivery"),
-                    "µs",
-                    rs.iter()
-                        .map(|r| r.users.herald_cpu_us.unwrap_or(f64::NAN))
-                        .collect(),
-                    None,
-                );
-                t.row(
-                    &format!("{k} instance(s): per-user PostgreSQL server CPU per delivery"),
-                    "µs",
-                    rs.iter()
-                        .map(|r| r.users.db_cpu_us.unwrap_or(f64::NAN))
-                        .collect(),
-                    None,
-                );
-                if *k > 1 {
-                    t.row(
-                        &format!("{k} instance(s): pushes beyond one per delivery (duplicates)"),
-                        "",
-                        rs.iter()
-                            .map(|r| (r.broadcast.extra_pushes + r.users.extra_pushes) as f64)
-                            .collect(),
-                        Some(Target::AtMost(0.0)),
-                    );
-                }
-                rates.insert(*k, (b, u));
+                let rows = pg_rows(&mut t, &format!("{k} instance(s)"), *k, Layout::Shared, rs);
+                rates.insert(*k, rows);
             }
             let one = rates.get(&1).copied();
             let three = rates.get(&3).copied();
@@ -2345,8 +2389,52 @@ fn report(
                     Some(Target::AtLeast(1.0)),
                 );
             }
+            let mut control_summary = String::new();
+            if let Some((k, rs)) = control {
+                let who = format!("{k} instances, a database each (control)");
+                let (cb, cu) = pg_rows(&mut t, &who, *k, Layout::Separate, rs);
+                let (sb, su) = rates.get(k).copied().unwrap_or((None, None));
+                let (b1, u1) = one.unwrap_or((None, None));
+                let quotient = |a: Option<f64>, b: Option<f64>| {
+                    vec![a.zip(b).map(|(a, b)| a / b).unwrap_or(f64::NAN)]
+                };
+                t.row(
+                    &format!("{k} with a database each ÷ 1: broadcast deliveries/s"),
+                    "×",
+                    quotient(cb, b1),
+                    None,
+                );
+                let cu1 = t.row(
+                    &format!("{k} with a database each ÷ 1: per-user deliveries/s"),
+                    "×",
+                    quotient(cu, u1),
+                    None,
+                );
+                t.row(
+                    &format!("{k} sharing one database ÷ {k} with a database each: broadcast"),
+                    "×",
+                    quotient(sb, cb),
+                    None,
+                );
+                let su_cu = t.row(
+                    &format!("{k} sharing one database ÷ {k} with a database each: per-user"),
+                    "×",
+                    quotient(su, cu),
+                    None,
+                );
+                t.note(format!(
+                    "→ ÷ 1: what {k} processes cost on this machine with nothing to coordinate; \
+                     sharing ÷ a database each: what coordinating through one database costs"
+                ));
+                let f2 = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("–".into());
+                control_summary = format!(
+                    "; per-user {k} with a database each ÷ 1 {}, sharing ÷ a database each {}",
+                    f2(cu1),
+                    f2(su_cu)
+                );
+            }
             format!(
-                "PostgreSQL broadcast deliveries/s by instances {}",
+                "PostgreSQL broadcast deliveries/s by instances {}{control_summary}",
                 rates
                     .iter()
                     .map(|(k, (b, _))| format!("{k}: {}", b.map(fmt_num).unwrap_or("–".into())))
@@ -2386,6 +2474,79 @@ fn report(
         t.judged,
         took.as_secs_f64()
     );
+}
+
+/// The rows of one PostgreSQL set-up (`who`, `k` instances, sharing one
+/// database or not); answers the median broadcast and per-user
+/// deliveries/s. Duplicates are judged where instances share a queue.
+fn pg_rows(
+    t: &mut Table,
+    who: &str,
+    k: usize,
+    layout: Layout,
+    rs: &[PgRun],
+) -> (Option<f64>, Option<f64>) {
+    let b = t.row(
+        &format!("{who}: broadcast deliveries/s"),
+        "/s",
+        rs.iter().map(|r| r.broadcast.rate).collect(),
+        None,
+    );
+    t.row(
+        &format!("{who}: broadcast Herald CPU per delivery (all instances)"),
+        "µs",
+        rs.iter()
+            .map(|r| r.broadcast.herald_cpu_us.unwrap_or(f64::NAN))
+            .collect(),
+        None,
+    );
+    t.row(
+        &format!("{who}: broadcast PostgreSQL server CPU per delivery"),
+        "µs",
+        rs.iter()
+            .map(|r| r.broadcast.db_cpu_us.unwrap_or(f64::NAN))
+            .collect(),
+        None,
+    );
+    t.row(
+        &format!("{who}: broadcast POST → 202"),
+        "ms",
+        rs.iter().map(|r| r.broadcast.accept_ms).collect(),
+        None,
+    );
+    let u = t.row(
+        &format!("{who}: per-user deliveries/s (sends spread over instances)"),
+        "/s",
+        rs.iter().map(|r| r.users.rate).collect(),
+        None,
+    );
+    t.row(
+        &format!("{who}: per-user Herald CPU per delivery"),
+        "µs",
+        rs.iter()
+            .map(|r| r.users.herald_cpu_us.unwrap_or(f64::NAN))
+            .collect(),
+        None,
+    );
+    t.row(
+        &format!("{who}: per-user PostgreSQL server CPU per delivery"),
+        "µs",
+        rs.iter()
+            .map(|r| r.users.db_cpu_us.unwrap_or(f64::NAN))
+            .collect(),
+        None,
+    );
+    if k > 1 && layout == Layout::Shared {
+        t.row(
+            &format!("{who}: pushes beyond one per delivery (duplicates)"),
+            "",
+            rs.iter()
+                .map(|r| (r.broadcast.extra_pushes + r.users.extra_pushes) as f64)
+                .collect(),
+            Some(Target::AtMost(0.0)),
+        );
+    }
+    (b, u)
 }
 
 fn node_version() -> String {
