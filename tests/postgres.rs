@@ -842,3 +842,93 @@ impl Drop for TcpProxy {
         self.cut.lock().unwrap().cancel();
     }
 }
+
+/// Two instances storing sends to users of one app at the same moment: the
+/// second waits for the first's lock on the app before it touches the app's
+/// row at all. Were its notifications inserted first, their foreign key's
+/// share lock would join the first instance's lock on the row in a
+/// MultiXact, one more for every batch that arrives meanwhile, each logged
+/// and looked up again by every later reader of the row (migration 0006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_waiting_for_another_instances_lock_on_the_app_leaves_the_lock_unshared() {
+    let schema = PgSchema::create().await;
+    let store = Store::connect(&schema.url(), 2, 10_000).await.unwrap();
+    store.app_insert(&app_row("acme", 10)).await.unwrap();
+    let session = || async {
+        let mut c = admin_connection().await;
+        sqlx::query(&format!("SET search_path = {}", schema.name))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    };
+    // One send to one user, leasing up to four deliveries: the app is locked.
+    async fn store_one_send(c: &mut sqlx::PgConnection, id: &str) {
+        let now = now_millis();
+        sqlx::query(
+            "SELECT count(*) FROM herald_store_to_users(ARRAY[$1], ARRAY['acme'], ARRAY['t'],
+                ARRAY['\\x00'::bytea], ARRAY[60::bigint], ARRAY['normal'], ARRAY[NULL::text],
+                ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY['bo'], $2, $3, 4)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(now + 60_000)
+        .execute(c)
+        .await
+        .unwrap();
+    }
+
+    let mut first = session().await;
+    sqlx::query("BEGIN").execute(&mut first).await.unwrap();
+    store_one_send(&mut first, "n1").await;
+    let first_xid: String =
+        sqlx::query_scalar("SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text")
+            .fetch_one(&mut first)
+            .await
+            .unwrap();
+
+    let mut second = session().await;
+    let second_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut second)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        store_one_send(&mut second, "n2").await;
+    });
+    let mut observer = session().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let lock_wait: Option<String> =
+            sqlx::query_scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1")
+                .bind(second_pid)
+                .fetch_one(&mut observer)
+                .await
+                .unwrap();
+        if lock_wait.as_deref() == Some("Lock") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second store never waited for the app's lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The row's xmax is still the first transaction's own: no MultiXact.
+    let xmax: String = sqlx::query_scalar("SELECT xmax::text FROM apps WHERE id = 'acme'")
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert_eq!(
+        xmax, first_xid,
+        "the app's row lock is shared with the waiting store"
+    );
+
+    sqlx::query("COMMIT").execute(&mut first).await.unwrap();
+    tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE app_id = 'acme'")
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+    assert_eq!(stored, 2);
+}

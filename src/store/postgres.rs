@@ -19,10 +19,13 @@
 //!   a commit and a busy backend per send. The same statement leases the
 //!   new deliveries to the instance that stores them, within its queue's
 //!   free room and the app's `max_concurrency` (`herald_store_to_users`,
-//!   migration 0005), and they start there without a claim: no second
-//!   statement rewrites every new row, and instances do not take each
-//!   other's fresh work. The app stays locked until that commit is on disk,
-//!   a fraction of a millisecond on a local SSD.
+//!   migrations 0005 – 0006), and they start there without a claim: no
+//!   second statement rewrites every new row, and instances do not take
+//!   each other's fresh work. The app stays locked until that commit is on
+//!   disk, a fraction of a millisecond on a local SSD. It is locked before
+//!   the batch's notifications are inserted, so their foreign keys find the
+//!   row already held and another instance's store waiting for it does not
+//!   share the lock through a MultiXact.
 //! - A send to everyone or to a topic is stored in chunks of
 //!   subscriptions, one statement each, in one transaction (see
 //!   [`FAN_OUT_CHUNK`]): `statement_timeout` bounds a statement, and must
@@ -1132,8 +1135,8 @@ struct StoredSends {
     waiting: u64,
 }
 
-/// One statement for the whole batch (`herald_store_to_users`, migration
-/// 0005): the notifications as arrays, each fanned out to its user's
+/// One statement for the whole batch (`herald_store_to_users`, migrations
+/// 0005 – 0006): the notifications as arrays, each fanned out to its user's
 /// devices, and as many of the deliveries as `reserved` has room for (and
 /// each app's `max_concurrency`) leased to the local queue. The arrays keep
 /// the statement's text the same whatever the batch's length, so it is
