@@ -1076,8 +1076,8 @@ async fn phase_broadcast(
     let meter = DeliveryMeter::start(c, sink, pids, db).await?;
     let calls = bases
         .iter()
-        .zip(expect)
-        .map(|(base, _)| send(c, base, app, broadcast_body()));
+        .take(expect.len())
+        .map(|base| send(c, base, app, broadcast_body()));
     let mut accept = Duration::ZERO;
     for (answer, &n) in futures::future::join_all(calls)
         .await
@@ -1609,24 +1609,16 @@ enum Layout {
     Separate,
 }
 
-async fn pg_run(
+/// Makes `dbs` from the template for a run of `layout`; answers their URLs
+/// and the deliveries a broadcast through each instance should queue.
+async fn pg_run_databases(
     s: &Setup,
-    sink: &mut SinkProc,
     template: &str,
-    app: &Arc<Seeded>,
+    dbs: &[String],
     instances: usize,
     layout: Layout,
-    run: usize,
-) -> anyhow::Result<PgRun> {
-    let c = &s.common;
-    let o = &c.opts;
-    let admin = &o.pg_url;
-    let dbs: Vec<String> = match layout {
-        Layout::Shared => vec![format!("{template}_run")],
-        Layout::Separate => (0..instances)
-            .map(|i| format!("{template}_run_{i}"))
-            .collect(),
-    };
+) -> anyhow::Result<(Vec<String>, Vec<u64>)> {
+    let (admin, o) = (&s.common.opts.pg_url, &s.common.opts);
     let mut urls = Vec::new();
     let mut expect = Vec::new();
     for (i, db) in dbs.iter().enumerate() {
@@ -1666,12 +1658,36 @@ async fn pg_run(
         }
         urls.push(url);
     }
+    Ok((urls, expect))
+}
+
+async fn pg_run(
+    s: &Setup,
+    sink: &mut SinkProc,
+    template: &str,
+    app: &Arc<Seeded>,
+    instances: usize,
+    layout: Layout,
+    run: usize,
+) -> anyhow::Result<PgRun> {
+    let c = &s.common;
+    let o = &c.opts;
+    let admin = &o.pg_url;
+    let dbs: Vec<String> = match layout {
+        Layout::Shared => vec![format!("{template}_run")],
+        Layout::Separate => (0..instances)
+            .map(|i| format!("{template}_run_{i}"))
+            .collect(),
+    };
     let dir = s
         .work
         .path()
         .join(format!("pg-{instances}-{layout:?}-run-{run}"));
     std::fs::create_dir_all(&dir)?;
+    // Inside the block, so that the databases are dropped below even when
+    // making one of them failed.
     let result = async {
+        let (urls, expect) = pg_run_databases(s, template, &dbs, instances, layout).await?;
         let mut hs = Vec::new();
         for i in 0..instances {
             let url = &urls[i.min(urls.len() - 1)];
